@@ -1,0 +1,108 @@
+"""Load weights safely: official ``.pth`` layouts and safetensors, never arbitrary pickles."""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "load_checkpoint", "read_state_dict"]
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: safetensors, or a torch file read with ``weights_only=True``.
+
+    A torch file may hold the state dict itself or under ``model``/``state_dict`` (the official
+    training script's layout); a ``module.`` prefix left by DataParallel/DDP is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: not a loadable weights file; only tensors and plain containers are "
+                                  f"read, never arbitrary pickled objects ({first})") from None
+    if isinstance(state, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: holds no state dict (expected a dict of tensors, possibly under "
+                              f"{' or '.join(repr(k) for k in _WRAPPER_KEYS)})")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _summarise(keys, limit=8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"):
+    """Fit a checkpoint to a model where that is meaningful; raise one clear error where it is not."""
+    state = dict(state)
+    own = model.state_dict()
+    stem = "patch_embed.proj.weight"
+    if stem in state and stem in own and state[stem].shape != own[stem].shape:
+        theirs, ours = state[stem], own[stem]
+        if theirs.shape[1] == 3 and ours.shape[1] == 1 and theirs.shape[0] == ours.shape[0]:
+            # A grey image is an RGB image with three equal channels: summing the kernel keeps the response.
+            state[stem] = theirs.sum(dim=1, keepdim=True)
+    head_keys = [k for k in ("head.weight", "head.bias") if k in state]
+    if head_keys and any(k not in own or state[k].shape != own[k].shape for k in head_keys):
+        theirs = state["head.weight"].shape[0] if "head.weight" in state else "?"
+        ours = getattr(model, "num_classes", "?")
+        if ours:
+            warnings.warn(f"{source}: its head has {theirs} classes, the model {ours}; loading everything but "
+                          f"the head, which keeps its fresh initialisation.", UserWarning, stacklevel=3)
+        for k in head_keys:
+            del state[k]
+    dropped_prefixes = getattr(model, "pretrained_ignore_prefixes", None)
+    if dropped_prefixes:
+        state = {k: v for k, v in state.items() if not k.startswith(dropped_prefixes) or k in own}
+    missing = [k for k in own if k not in state and not k.startswith("head.")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in state if k in own and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_summarise(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_summarise(unexpected)}")
+    if mismatched:
+        problems.append(f"wrong shapes: {_summarise(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights from ``path`` into ``model`` (in place) and return it. See ``read_state_dict``."""
+    state = adapt_state_dict(model, read_state_dict(path), source=str(path))
+    head_reinitialised = any(k.startswith("head.") for k in model.state_dict()) and "head.weight" not in state
+    result = model.load_state_dict(state, strict=not head_reinitialised)
+    if head_reinitialised:
+        assert all(k.startswith("head.") for k in result.missing_keys) and not result.unexpected_keys
+    return model

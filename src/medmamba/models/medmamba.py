@@ -1,0 +1,372 @@
+"""MedMamba (Yue & Li, arXiv 2403.03849): Vision Mamba for medical image classification.
+
+Patch-E -> four stages of SS-Conv-SSM blocks with Patch-M between them -> average pool -> linear head.
+Module and parameter names follow the official implementation (``VSSM``) key for key, so its
+checkpoints load with ``strict=True``.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.cross_scan import NUM_DIRECTIONS
+from ..ops.selective_scan import compute_dtype, cross_selective_scan
+from ._registry import register_model
+from .layers import DropPath, channel_shuffle
+
+__all__ = ["MedMamba", "MedMambaFeatures", "PatchEmbed2D", "PatchMerging2D", "SS2D", "SS_Conv_SSM", "VSSLayer",
+           "medmamba_t", "medmamba_s", "medmamba_b"]
+
+
+class PatchEmbed2D(nn.Module):
+    """Patch-E: non-overlapping patch_size x patch_size convolution, then LayerNorm; output NHWC."""
+
+    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, norm_layer: Optional[Callable] = nn.LayerNorm):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else None
+
+    def forward(self, x):
+        # Pad rather than let the strided conv silently drop the last rows/columns of odd-sized images.
+        pad_h, pad_w = (-x.shape[-2]) % self.patch_size, (-x.shape[-1]) % self.patch_size
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x) if self.norm is not None else x
+
+
+class PatchMerging2D(nn.Module):
+    """Patch-M: concatenate each 2x2 neighbourhood (4C), LayerNorm, Linear to 2C; halves H and W.
+
+    Odd grids are zero-padded first (the official code crashes or crops there), so 28 px inputs work.
+    """
+
+    def __init__(self, dim, norm_layer: Callable = nn.LayerNorm):
+        super().__init__()
+        self.dim = dim
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = norm_layer(4 * dim)
+
+    def forward(self, x):
+        _, height, width, _ = x.shape
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class SS2D(nn.Module):
+    """2-D selective scan: in_proj -> (x, z); depthwise conv + SiLU on x; four-direction S6 scan;
+    LayerNorm; gate with SiLU(z); out_proj. Input and output are NHWC with ``d_model`` channels."""
+
+    def __init__(self, d_model, d_state=16, d_conv=3, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
+                 dt_scale=1.0, dt_init_floor=1e-4, dropout=0.0, conv_bias=True, bias=False, scan_backend="auto"):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.scan_backend = scan_backend
+        k, d_inner = NUM_DIRECTIONS, self.d_inner
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner,
+                                bias=conv_bias)
+        self.act = nn.SiLU()
+        # Per direction: x -> (Delta low-rank, B, C), then Delta low-rank -> d_inner.
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_ssm_parameters(dt_min, dt_max, dt_scale, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min=0.001, dt_max=0.1, dt_scale=1.0, dt_init_floor=1e-4):
+        """Mamba's initialisation: S4D-real A, D = 1, softplus(dt bias) log-uniform in [dt_min, dt_max]."""
+        bound = 1 / math.sqrt(self.d_inner)  # nn.Linear's default, which the official x_proj keeps
+        self.x_proj_weight.uniform_(-bound, bound)
+        dt_std = self.dt_rank ** -0.5 * dt_scale
+        self.dt_projs_weight.uniform_(-dt_std, dt_std)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+
+    def selective_scan_2d(self, x):
+        """x: (B, d_inner, H, W) -> sum of the four directions' scans, (B, d_inner, H, W), float32/64."""
+        # Delta, B and C are position-wise projections, so they are computed on the pixel grid and the
+        # scan reads them in each direction's order: no scanned copies of the map are made here.
+        proj = torch.einsum("bdhw,kcd->bkchw", x, self.x_proj_weight)
+        dt, B, C = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+        dt = torch.einsum("bkrhw,kdr->bkdhw", dt, self.dt_projs_weight)
+        A = -torch.exp(self.A_logs.to(compute_dtype(x.dtype)))
+        return cross_selective_scan(x, dt, A, B, C, D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
+                                    delta_softplus=True, backend=self.scan_backend)
+
+    def forward(self, x):
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        y = self.selective_scan_2d(x).permute(0, 2, 3, 1)
+        y = self.out_norm(y.to(self.out_norm.weight.dtype)) * F.silu(z)
+        return self.dropout(self.out_proj(y))
+
+
+class SS_Conv_SSM(nn.Module):  # noqa: N801 (official name, kept for readers comparing the two)
+    """SS-Conv-SSM block: half the channels through a conv branch, half through LayerNorm + SS2D;
+    concatenate, shuffle the two groups of channels, add the input. NHWC in and out."""
+
+    def __init__(self, hidden_dim, drop_path=0.0, norm_layer: Callable = nn.LayerNorm, attn_drop_rate=0.0,
+                 d_state=16, **ss2d_kwargs):
+        super().__init__()
+        half = hidden_dim // 2
+        self.ln_1 = norm_layer(half)
+        self.self_attention = SS2D(d_model=half, d_state=d_state, dropout=attn_drop_rate, **ss2d_kwargs)
+        self.drop_path = DropPath(drop_path)
+        self.conv33conv33conv11 = nn.Sequential(
+            nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, kernel_size=3, padding=1),
+            nn.BatchNorm2d(half),
+            nn.ReLU(),
+            nn.Conv2d(half, half, kernel_size=3, padding=1),
+            nn.BatchNorm2d(half),
+            nn.ReLU(),
+            nn.Conv2d(half, half, kernel_size=1),
+            nn.ReLU(),
+        )
+
+    def forward(self, x):
+        conv_in, ssm_in = x.chunk(2, dim=-1)
+        ssm_out = self.drop_path(self.self_attention(self.ln_1(ssm_in)))
+        # channels_last memory is the NHWC tensor itself: the conv branch needs no transposed copy back.
+        conv_out = self.conv33conv33conv11(conv_in.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+        out = torch.cat([conv_out.permute(0, 2, 3, 1), ssm_out], dim=-1)
+        return channel_shuffle(out, groups=2) + x
+
+
+class VSSLayer(nn.Module):
+    """One stage: ``depth`` SS-Conv-SSM blocks, then Patch-M unless it is the last stage."""
+
+    def __init__(self, dim, depth, attn_drop=0.0, drop_path: float | Sequence[float] = 0.0,
+                 norm_layer: Callable = nn.LayerNorm, downsample: Optional[Callable] = None, use_checkpoint=False,
+                 d_state=16, **ss2d_kwargs):
+        super().__init__()
+        self.dim = dim
+        self.use_checkpoint = use_checkpoint
+        rates = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
+        self.blocks = nn.ModuleList([
+            SS_Conv_SSM(dim, drop_path=rates[i], norm_layer=norm_layer, attn_drop_rate=attn_drop, d_state=d_state,
+                        **ss2d_kwargs)
+            for i in range(depth)])
+        self.downsample = downsample(dim=dim, norm_layer=norm_layer) if downsample is not None else None
+
+    def forward_blocks(self, x):
+        for block in self.blocks:
+            if self.use_checkpoint and x.requires_grad:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x):
+        x = self.forward_blocks(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class MedMamba(nn.Module):
+    """MedMamba classifier. Argument names follow the official ``VSSM``.
+
+    Args:
+        depths: blocks per stage. dims: channels per stage (an int C means C, 2C, 4C, 8C).
+        num_classes: classes of the head; 0 gives pooled features. in_chans: image channels.
+        drop_rate: dropout after the patch embedding (where the official code applies it).
+        drop_path_rate: stochastic depth, rising linearly over the blocks.
+        scan_backend: selective-scan backend of every SS2D ("auto", "reference", "cpu", "triton", "mamba_ssm").
+    """
+
+    def __init__(self, depths=(2, 2, 4, 2), dims=(96, 192, 384, 768), num_classes=1000, in_chans=3, patch_size=4,
+                 d_state=16, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1, norm_layer=nn.LayerNorm,
+                 patch_norm=True, use_checkpoint=False, scan_backend="auto", **ss2d_kwargs):
+        super().__init__()
+        if isinstance(dims, int):
+            dims = [dims * 2 ** i for i in range(len(depths))]
+        if len(dims) != len(depths):
+            raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} must have the same length")
+        self.depths, self.dims = list(depths), list(dims)
+        self.num_layers = len(depths)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.patch_size = patch_size
+        self.embed_dim = dims[0]
+        self.num_features = dims[-1]
+        self.patch_embed = PatchEmbed2D(patch_size, in_chans, self.embed_dim, norm_layer if patch_norm else None)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            self.layers.append(VSSLayer(
+                dim, depth, attn_drop=attn_drop_rate, drop_path=rates[sum(depths[:i]):sum(depths[:i + 1])],
+                norm_layer=norm_layer, downsample=PatchMerging2D if i < self.num_layers - 1 else None,
+                use_checkpoint=use_checkpoint, d_state=d_state, scan_backend=scan_backend, **ss2d_kwargs))
+        self.feature_info = [dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}")
+                             for i, dim in enumerate(dims)]
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        # As the official VSSM: its SS2D parameters that are not Linear keep their Mamba initialisation.
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {name for name, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    def set_scan_backend(self, backend: str):
+        for m in self.modules():
+            if isinstance(m, SS2D):
+                m.scan_backend = backend
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        for layer in self.layers:
+            layer.use_checkpoint = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    def check_input(self, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"MedMamba expects images as a (batch, channels, height, width) tensor; got {shape}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"MedMamba was built for {self.in_chans}-channel images; got {x.shape[1]} channels "
+                             f"(input shape {tuple(x.shape)})")
+        if min(x.shape[-2:]) < self.patch_size:
+            raise ValueError(f"images must be at least {self.patch_size}x{self.patch_size} pixels; "
+                             f"got {tuple(x.shape[-2:])}")
+
+    def forward_stages(self, x, out_indices: Sequence[int] = ()):
+        """Run the backbone; returns the final NHWC map and the NCHW maps of the stages in out_indices.
+
+        A stage's map is taken after its blocks and before its Patch-M, at stride patch_size * 2**i.
+        """
+        self.check_input(x)
+        x = self.pos_drop(self.patch_embed(x))
+        maps = []
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_blocks(x)
+            if i in out_indices:
+                maps.append(x.permute(0, 3, 1, 2))
+            if layer.downsample is not None:
+                x = layer.downsample(x)
+        return x, maps
+
+    def forward_backbone(self, x):
+        """Last-stage features as NHWC, as the official ``VSSM.forward_backbone``."""
+        return self.forward_stages(x)[0]
+
+    def forward_features(self, x):
+        """Last-stage feature map, NCHW."""
+        return self.forward_backbone(x).permute(0, 3, 1, 2)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class MedMambaFeatures(MedMamba):
+    """Multi-scale backbone for dense tasks: forward returns the NCHW map of each stage in out_indices."""
+
+    def __init__(self, *args, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs):
+        kwargs["num_classes"] = 0
+        super().__init__(*args, **kwargs)
+        n = self.num_layers
+        if not out_indices or any(not -n <= i < n for i in out_indices):
+            raise ValueError(f"out_indices {tuple(out_indices)} must name stages among 0..{n - 1}")
+        self.out_indices = tuple(sorted({i % n for i in out_indices}))
+        # Stages after the last requested one are never run; dropping them keeps the parameters honest.
+        last = max(self.out_indices)
+        del self.layers[last + 1:]
+        self.layers[last].downsample = None
+        del self.head, self.avgpool
+        self.pretrained_ignore_prefixes = ("head.", f"layers.{last}.downsample.",
+                                           *(f"layers.{i}." for i in range(last + 1, n)))
+        self.feature_info = [self.feature_info[i] for i in self.out_indices]
+
+    def forward(self, x):
+        return self.forward_stages(x, self.out_indices)[1]
+
+
+VARIANTS = {
+    "medmamba_t": dict(depths=(2, 2, 4, 2), dims=(96, 192, 384, 768)),
+    "medmamba_s": dict(depths=(2, 2, 8, 2), dims=(96, 192, 384, 768)),
+    "medmamba_b": dict(depths=(2, 2, 12, 2), dims=(128, 256, 512, 1024)),
+}
+
+
+def _build(variant: str, pretrained=None, features_only=False, **kwargs):
+    # timm passes its own bookkeeping to every entry point; none of it applies here.
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "cache_dir"):
+        kwargs.pop(key, None)
+    cfg = {**VARIANTS[variant], **kwargs}
+    if features_only:
+        model = MedMambaFeatures(**cfg)
+    else:
+        cfg.pop("out_indices", None)
+        model = MedMamba(**cfg)
+    if pretrained and not isinstance(pretrained, bool):
+        from ..checkpoint import load_checkpoint
+        load_checkpoint(model, pretrained)
+    elif pretrained is True:
+        raise ValueError(f"{variant}: pretrained=True needs a path; no weights are downloaded. "
+                         "Pass pretrained='path/to/checkpoint.pth' (or .safetensors).")
+    return model
+
+
+@register_model
+def medmamba_t(pretrained=None, **kwargs) -> MedMamba:
+    """MedMamba-T: depths (2, 2, 4, 2), dims 96..768."""
+    return _build("medmamba_t", pretrained, **kwargs)
+
+
+@register_model
+def medmamba_s(pretrained=None, **kwargs) -> MedMamba:
+    """MedMamba-S: depths (2, 2, 8, 2), dims 96..768."""
+    return _build("medmamba_s", pretrained, **kwargs)
+
+
+@register_model
+def medmamba_b(pretrained=None, **kwargs) -> MedMamba:
+    """MedMamba-B: depths (2, 2, 12, 2), dims 128..1024."""
+    return _build("medmamba_b", pretrained, **kwargs)
