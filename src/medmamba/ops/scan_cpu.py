@@ -222,7 +222,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, order, dy, n_chunks,
                 dtx = dt * x
                 b_p, c_p, h_s, da_s = Bs[b, g, p], Cs[b, g, p], hs[step], das[step]
                 h_prev = hs[step - 1] if step > 0 else zeros
-                dB_s, dC_s = dB[step], dC[step]
+                dB_s, dC_s = dB[p], dC[p]
                 du = zero
                 ddt = zero
                 for n in range(n_state):

@@ -1,0 +1,122 @@
+"""The fused CPU backend against the reference: forward and every gradient, awkward shapes."""
+import pytest
+import torch
+
+from medmamba.ops import cross_selective_scan, selective_scan
+from medmamba.ops.selective_scan import BACKENDS
+
+from .conftest import rel_err
+from .test_selective_scan import direct_recurrence
+
+pytestmark = pytest.mark.skipif(not BACKENDS["cpu"].is_available(), reason="numba is not importable")
+
+NAMES = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+
+
+def inputs(batch, dim, length, n, groups, with_D=True, with_bias=True, dtype=torch.float32, seed=None,
+           delta_scale=0.5, a_scale=2.0, noncontiguous=False):
+    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    def r(*shape, scale=1.0):
+        t = torch.randn(*shape, generator=g, dtype=dtype) * scale
+        if noncontiguous:  # same values, laid out transposed in memory
+            t = t.transpose(0, -1).contiguous().transpose(0, -1)
+        return t.requires_grad_()
+    x = dict(u=r(batch, dim, length), delta=r(batch, dim, length, scale=delta_scale),
+             A=(-torch.rand(dim, n, generator=g, dtype=dtype) * a_scale).requires_grad_(),
+             B=r(batch, groups, n, length), C=r(batch, groups, n, length),
+             D=r(dim) if with_D else None, delta_bias=r(dim, scale=0.5) if with_bias else None)
+    if noncontiguous:
+        assert not x["u"].is_contiguous()
+    return x
+
+
+def run(backend, x, softplus, z=None):
+    y = selective_scan(**x, z=z, delta_softplus=softplus, backend=backend)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    leaves = [x[k] for k in NAMES if x[k] is not None] + ([z] if z is not None else [])
+    return y, dict(zip([k for k in NAMES if x[k] is not None] + (["z"] if z is not None else []),
+                       torch.autograd.grad(y, leaves, gy)))
+
+
+def assert_backends_agree(x, softplus, tol=1e-5, z=None):
+    y_ref, g_ref = run("reference", x, softplus, z)
+    y_cpu, g_cpu = run("cpu", x, softplus, z)
+    assert y_cpu.dtype == y_ref.dtype and y_cpu.shape == y_ref.shape
+    errors = {"y": rel_err(y_cpu, y_ref), **{k: rel_err(g_cpu[k], g_ref[k]) for k in g_ref}}
+    assert all(e <= tol for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("length", [1, 7, 64])
+@pytest.mark.parametrize("dim,n,groups", [(5, 1, 1), (12, 16, 4), (9, 3, 3)])
+@pytest.mark.parametrize("softplus", [False, True])
+def test_matches_reference(length, dim, n, groups, softplus):
+    x = inputs(2, dim, length, n, groups)
+    if not softplus:  # a raw negative step makes exp(delta A) grow without bound in every backend
+        with torch.no_grad():
+            x["delta"].abs_()
+            x["delta_bias"].abs_()
+    assert_backends_agree(x, softplus)
+
+
+@pytest.mark.parametrize("with_D,with_bias", [(False, False), (True, False), (False, True)])
+def test_optional_arguments(with_D, with_bias):
+    assert_backends_agree(inputs(3, 6, 11, 4, 2, with_D=with_D, with_bias=with_bias), softplus=True)
+
+
+def test_long_sequence_3136():
+    assert_backends_agree(inputs(1, 3, 3136, 16, 1), softplus=True)
+
+
+def test_gate_z():
+    x = inputs(2, 4, 9, 5, 2)
+    z = torch.randn(2, 4, 9, requires_grad=True)
+    assert_backends_agree(x, softplus=True, z=z)
+
+
+def test_noncontiguous_inputs():
+    assert_backends_agree(inputs(2, 6, 13, 4, 2, noncontiguous=True), softplus=True)
+
+
+def test_large_steps_stay_finite():
+    # delta up to 10 (after softplus), A down to -100: exp underflows to 0 and must not give NaN/Inf
+    x = inputs(2, 8, 50, 16, 2, delta_scale=10.0, a_scale=100.0)
+    with torch.no_grad():
+        x["delta"].abs_()
+    y, grads = run("cpu", x, softplus=True)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads.values())
+    assert_backends_agree(x, softplus=True)
+
+
+def test_float64_against_direct_recurrence_and_gradcheck():
+    x = inputs(1, 4, 6, 3, 2, dtype=torch.float64, seed=3)
+    y = selective_scan(**x, delta_softplus=True, backend="cpu")
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, direct_recurrence(**x, delta_softplus=True), rtol=1e-10, atol=1e-10)
+    leaves = tuple(x[k] for k in NAMES)
+    def f(*args):
+        return selective_scan(**dict(zip(NAMES, args)), delta_softplus=True, backend="cpu")
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (3, 5), (8, 8), (7, 2)])
+def test_cross_scan_fused_matches_composed_reference(height, width):
+    g = torch.Generator().manual_seed(height * 10 + width)
+    batch, dim, n = 2, 5, 16
+    x = torch.randn(batch, dim, height, width, generator=g).requires_grad_()
+    delta = (torch.randn(batch, 4, dim, height, width, generator=g) * 0.5).requires_grad_()
+    A = (-torch.rand(4 * dim, n, generator=g) * 3).requires_grad_()
+    B = torch.randn(batch, 4, n, height, width, generator=g).requires_grad_()
+    C = torch.randn(batch, 4, n, height, width, generator=g).requires_grad_()
+    D = torch.randn(4 * dim, generator=g).requires_grad_()
+    bias = torch.randn(4 * dim, generator=g).requires_grad_()
+    leaves = [x, delta, A, B, C, D, bias]
+    outs = {}
+    for backend in ("reference", "cpu"):
+        y = cross_selective_scan(x, delta, A, B, C, D=D, delta_bias=bias, delta_softplus=True, backend=backend)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        outs[backend] = (y, torch.autograd.grad(y, leaves, gy))
+    (y_ref, g_ref), (y_cpu, g_cpu) = outs["reference"], outs["cpu"]
+    assert y_cpu.shape == (batch, dim, height, width)
+    assert rel_err(y_cpu, y_ref) <= 1e-5
+    for name, a, b in zip(["x", "delta", "A", "B", "C", "D", "bias"], g_cpu, g_ref):
+        assert rel_err(a, b) <= 1e-5, name
