@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -109,3 +111,22 @@ def test_shape_errors_are_clear():
     x["B"] = x["B"][:, :, :, :-1]
     with pytest.raises(ValueError, match="B must be"):
         selective_scan(**x)
+
+
+def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
+    module = importlib.import_module("medmamba.ops.selective_scan")  # the module, not the function
+    monkeypatch.setattr(module.BACKENDS["cpu"], "is_available", lambda: False)
+    monkeypatch.setattr(module, "_warned_fallback", False)
+    x = make_inputs()
+    with pytest.warns(RuntimeWarning, match="numba is not importable") as record:
+        y = selective_scan(**x)
+        selective_scan(**x)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    torch.testing.assert_close(y, selective_scan_reference(**x))
+    assert module.resolve_backend("auto", torch.device("cpu")).name == "reference"
+
+
+def test_auto_picks_cpu_backend_for_cpu_tensors():
+    from medmamba.ops.selective_scan import BACKENDS, resolve_backend
+    expected = "cpu" if BACKENDS["cpu"].is_available() else "reference"
+    assert resolve_backend("auto", torch.device("cpu")).name == expected
