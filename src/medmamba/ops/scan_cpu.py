@@ -10,11 +10,11 @@ scan directions are read straight from the (B, D, H, W) map and merged in place:
 Speed notes. The loops over the N-wide state have a run-time trip count: LLVM vectorises those, while
 a constant 8 or 16 gets fully unrolled first and then stays scalar (measured: 0.52 vs 2.5 ns per state
 update). N is zero-padded to a multiple of ``LANES`` (A = 0, B = C = 0 keeps padded states at exactly 0)
-so the vector body needs no remainder. exp is a polynomial for float32 because pip's numba has no
-vector math library. The forward is parallel over
-(batch, channel); the backward over (batch, group, chunk of rows), each task accumulating its own dB/dC
-so there are no races, and it recomputes each row's states into a small buffer instead of storing all
-(batch, dim, L, N) of them.
+so the vector body needs no remainder. exp and softplus are polynomials for float32 because pip's numba
+has no vector math library (torch's own softplus ran at 6 ns an element here). The forward is parallel
+over (batch, channel); the backward over (batch, group, chunk of rows), each task accumulating its own
+dB/dC so there are no races, and it recomputes each row's states into a small buffer instead of storing
+all (batch, dim, L, N) of them.
 """
 from __future__ import annotations
 
