@@ -113,37 +113,30 @@ def _softplus_tail_impl(v):
     return lambda v: math.log1p(math.exp(-abs(v)))
 
 
-@njit(parallel=True, **_JIT)
-def _delta_fwd(delta, bias, softplus, out):
-    """out = softplus(delta + bias) (or delta + bias): torch's scalar softplus costs 6 ns an element here."""
-    batch, rows, length = delta.shape
-    zero = delta.dtype.type(0.0)
-    for task in prange(batch * rows):
-        b, row = task // rows, task % rows
-        d_in, d_out, bias_r = delta[b, row], out[b, row], bias[row]
-        if softplus:
-            for i in range(length):
-                v = d_in[i] + bias_r
-                d_out[i] = (v if v > zero else zero) + _softplus_tail(v)
-        else:
-            for i in range(length):
-                d_out[i] = d_in[i] + bias_r
+@njit(inline="always", **_JIT)
+def _step_sizes(delta_row, bias, softplus, out):
+    """out = softplus(delta_row + bias) (or delta_row + bias), one row at a time so no (batch, rows, L)
+    tensor of step sizes is ever allocated; vectorised (torch's scalar softplus costs 6 ns an element)."""
+    zero = delta_row.dtype.type(0.0)
+    if softplus:
+        for i in range(delta_row.shape[0]):
+            v = delta_row[i] + bias
+            out[i] = (v if v > zero else zero) + _softplus_tail(v)
+    else:
+        for i in range(delta_row.shape[0]):
+            out[i] = delta_row[i] + bias
+
+
+@njit(inline="always", **_JIT)
+def _times_softplus_grad(delta_row, bias, grad_row):
+    """grad_row *= d softplus(delta + bias) / d delta = sigmoid(delta + bias)."""
+    one = delta_row.dtype.type(1.0)
+    for i in range(delta_row.shape[0]):
+        grad_row[i] *= one / (one + _exp(-(delta_row[i] + bias)))
 
 
 @njit(parallel=True, **_JIT)
-def _delta_bwd(delta, bias, grad):
-    """grad *= d softplus(delta + bias) / d delta = sigmoid(delta + bias), in place."""
-    batch, rows, length = delta.shape
-    one = delta.dtype.type(1.0)
-    for task in prange(batch * rows):
-        b, row = task // rows, task % rows
-        d_in, g, bias_r = delta[b, row], grad[b, row], bias[row]
-        for i in range(length):
-            g[i] *= one / (one + _exp(-(d_in[i] + bias_r)))
-
-
-@njit(parallel=True, **_JIT)
-def _scan_fwd(u, delta, A, Bs, Cs, D, order, y):
+def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, y):
     """y[b, c, p] = sum over the rows reading channel c of that row's scan output at pixel p."""
     batch, n_u, length = u.shape
     n_rows, n_state = A.shape
@@ -153,14 +146,16 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, order, y):
     for task in prange(batch * n_u):
         b, c = task // n_u, task % n_u
         h = np.empty(n_state, u.dtype)
+        dts = np.empty(length, u.dtype)
         for r in range(per_channel):
             row = r * n_u + c
             g = row // rows_per_group
             a = A[row]
+            _step_sizes(delta[b, row], bias[row], softplus, dts)
             h[:] = zero
             for step in range(length):
                 p = order[g, step]
-                dt = delta[b, row, p]
+                dt = dts[p]
                 x = u[b, c, p]
                 dtx = dt * x
                 b_p, c_p = Bs[b, g, p], Cs[b, g, p]
@@ -173,7 +168,7 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, order, y):
 
 
 @njit(parallel=True, **_JIT)
-def _scan_bwd(u, delta, A, Bs, Cs, D, order, dy, n_chunks,
+def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, n_chunks,
               du_rows, ddelta, dA_b, dD_b, dB_p, dC_p):
     """Gradients; each task owns (batch b, group g, chunk of g's rows) and writes only its own slots."""
     batch, n_u, length = u.shape
@@ -193,15 +188,17 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, order, dy, n_chunks,
         zeros = np.zeros(n_state, u.dtype)
         carry = np.empty(n_state, u.dtype)
         dA_acc = np.empty(n_state, u.dtype)
+        dts = np.empty(length, u.dtype)
         dB = dB_p[b, g, chunk]
         dC = dC_p[b, g, chunk]
         for row in range(first, last):
             c = row % n_u
             a = A[row]
+            _step_sizes(delta[b, row], bias[row], softplus, dts)
             h[:] = zero
             for step in range(length):  # recompute the states of this row
                 p = order[g, step]
-                dt = delta[b, row, p]
+                dt = dts[p]
                 dtx = dt * u[b, c, p]
                 b_p, h_s, da_s = Bs[b, g, p], hs[step], das[step]
                 for n in range(n_state):
@@ -215,7 +212,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, order, dy, n_chunks,
             dD = zero
             for step in range(length - 1, -1, -1):
                 p = order[g, step]
-                dt = delta[b, row, p]
+                dt = dts[p]
                 x = u[b, c, p]
                 gy = dy[b, c, p]
                 dD += gy * x
@@ -236,6 +233,8 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, order, dy, n_chunks,
                     carry[n] = gh * da_s[n]
                 du_rows[b, row, p] = D[row] * gy + du * dt
                 ddelta[b, row, p] = ddt
+            if softplus:
+                _times_softplus_grad(delta[b, row], bias[row], ddelta[b, row])
             dD_b[b, row] = dD
             for n in range(n_state):
                 dA_b[b, row, n] = dA_acc[n]
@@ -271,18 +270,16 @@ class _FusedScan(torch.autograd.Function):
         A_p = torch.nn.functional.pad(A, (0, n_padded - n_state)).contiguous()
         Bs, Cs = _padded_state(B, n_padded), _padded_state(C, n_padded)
         _set_threads()
-        dt = torch.empty_like(delta)
-        _delta_fwd(_np(delta), _np(bias), softplus, _np(dt))
         y = torch.zeros_like(u)
-        _scan_fwd(_np(u), _np(dt), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(order), _np(y))
-        ctx.save_for_backward(u, delta, dt, A_p, Bs, Cs, D, bias, order)
+        _scan_fwd(_np(u), _np(delta), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), _np(y))
+        ctx.save_for_backward(u, delta, A_p, Bs, Cs, D, bias, order)
         ctx.softplus = softplus
         ctx.n_state = n_state
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, dt, A_p, Bs, Cs, D, bias, order = ctx.saved_tensors
+        u, delta, A_p, Bs, Cs, D, bias, order = ctx.saved_tensors
         batch, n_u, length = u.shape
         n_rows, n_padded = A_p.shape
         groups = Bs.shape[1]
@@ -295,10 +292,9 @@ class _FusedScan(torch.autograd.Function):
         dD_b = torch.empty(batch, n_rows, dtype=u.dtype)
         dB_p = torch.zeros(batch, groups, n_chunks, length, n_padded, dtype=u.dtype)
         dC_p = torch.zeros_like(dB_p)
-        _scan_bwd(_np(u), _np(dt), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(order), _np(dy.contiguous()),
-                  n_chunks, _np(du_rows), _np(ddelta), _np(dA_b), _np(dD_b), _np(dB_p), _np(dC_p))
-        if ctx.softplus:
-            _delta_bwd(_np(delta), _np(bias), _np(ddelta))
+        _scan_bwd(_np(u), _np(delta), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
+                  _np(dy.contiguous()), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b), _np(dD_b), _np(dB_p),
+                  _np(dC_p))
         n = ctx.n_state
         du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
         dB = dB_p.sum(2)[..., :n].transpose(-1, -2)
