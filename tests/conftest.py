@@ -4,6 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton kernels run in the interpreter on CPU tensors; read when the kernels are defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDMAMBA_SHARED", REPO.parent / "shared"))
 PARITY_DIR = Path(os.environ.get("MEDMAMBA_PARITY_DIR", SHARED / "parity"))

@@ -147,13 +147,9 @@ def _numba_importable() -> bool:
 
 
 def _triton_importable() -> bool:
-    if not _module_exists("triton"):
-        return False
-    try:
-        from . import scan_triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    # Not imported here: TRITON_INTERPRET is read when the kernels are defined, so importing the
+    # kernels just to look would fix the mode before a caller (or a test) chose it.
+    return _module_exists("triton")
 
 
 BACKENDS: dict[str, Backend] = {
