@@ -105,3 +105,18 @@ def test_bf16_inputs_keep_float32_state():
 def test_model_parity_with_triton_backend(parity):
     if DEVICE == "cpu":
         pytest.skip("the whole parity model is too slow for the interpreter; covered on GPU by benchmarks/gpu.py")
+
+
+def test_torch_compile_fullgraph_with_triton_backend():
+    # The kernels are custom ops: torch.compile keeps them whole, with no graph break (fullgraph=True).
+    from medmamba.models.medmamba import SS2D
+    torch.manual_seed(0)
+    block = SS2D(d_model=8, d_state=4, scan_backend="triton").to(DEVICE)
+    x = torch.randn(2, 5, 6, 8, device=DEVICE, requires_grad=True)
+    eager = block(x)
+    (g_eager,) = torch.autograd.grad(eager.sum(), x)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
+    out = compiled(x)
+    (g_comp,) = torch.autograd.grad(out.sum(), x)
+    assert rel_err(out.detach().cpu(), eager.detach().cpu()) <= 1e-5
+    assert rel_err(g_comp.cpu(), g_eager.cpu()) <= 1e-5

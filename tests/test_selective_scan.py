@@ -99,9 +99,10 @@ def test_unavailable_backend_names_reason():
         selective_scan(**x, backend="mamba_ssm")
 
 
-def test_cuda_only_backend_on_cpu_tensor_is_refused():
+def test_cuda_only_backend_on_cpu_tensor_is_refused(monkeypatch):
     if "triton" not in available_backends():
         pytest.skip("triton is not importable here")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the interpreter is the one way to run it on CPU
     with pytest.raises(ValueError, match="runs on cuda tensors"):
         selective_scan(**make_inputs(), backend="triton")
 

@@ -201,40 +201,59 @@ def _launch_args(u, delta, A, B, height, width):
                       BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=BLOCK_L)
 
 
-class _TritonScan(torch.autograd.Function):
-    """Same contract as the CPU backend's ``_FusedScan``; ``height``/``width`` > 0 selects cross mode."""
+# The kernels are wrapped as torch.library custom ops: torch.compile treats them as opaque calls with a
+# known output shape (no graph break, no tracing into the launch), and autograd uses the registered backward.
+@torch.library.custom_op("medmamba::triton_scan", mutates_args=())
+def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: torch.Tensor, bias: torch.Tensor, softplus: bool, height: int, width: int) -> torch.Tensor:
+    grid, meta = _launch_args(u, delta, A, B, height, width)
+    y = torch.zeros(u.shape, device=u.device, dtype=torch.float32)
+    _scan_fwd_kernel[grid](u, delta, A, B, C, D, bias, y, SOFTPLUS=softplus, CROSS=height > 0, **meta)
+    return y
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, bias, softplus, height, width):
-        cross = height > 0
-        grid, meta = _launch_args(u, delta, A, B, height, width)
-        y = torch.zeros(u.shape, device=u.device, dtype=torch.float32)
-        _scan_fwd_kernel[grid](u, delta, A, B, C, D, bias, y, SOFTPLUS=softplus, CROSS=cross, **meta)
-        ctx.save_for_backward(u, delta, A, B, C, D, bias)
-        ctx.config = (softplus, height, width)
-        return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        u, delta, A, B, C, D, bias = ctx.saved_tensors
-        softplus, height, width = ctx.config
-        grid, meta = _launch_args(u, delta, A, B, height, width)
-        batch, n_rows, length = delta.shape
-        n_chunks = triton.cdiv(length, BLOCK_L)
-        f32 = dict(device=u.device, dtype=torch.float32)
-        h0 = torch.empty(batch, n_rows, n_chunks, meta["BLOCK_N"], **f32)
-        du_rows = torch.empty(delta.shape, **f32)
-        ddelta = torch.empty(delta.shape, **f32)
-        dA = torch.zeros(A.shape, **f32)
-        dB = torch.zeros(B.shape, **f32)
-        dC = torch.zeros(C.shape, **f32)
-        dD = torch.zeros(D.shape, **f32)
-        _scan_bwd_kernel[grid](u, delta, A, B, C, D, bias, dy.contiguous(), h0, du_rows, ddelta, dA, dB, dC, dD,
-                               n_chunks=n_chunks, SOFTPLUS=softplus, CROSS=height > 0, **meta)
-        n_u = u.shape[1]
-        du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
-        return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.to(D.dtype), ddelta.sum((0, 2)).to(bias.dtype), None, None, None)
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, bias, softplus, height, width):
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("medmamba::triton_scan_backward", mutates_args=())
+def _scan_backward_op(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                      C: torch.Tensor, D: torch.Tensor, bias: torch.Tensor, softplus: bool, height: int,
+                      width: int) -> list[torch.Tensor]:
+    grid, meta = _launch_args(u, delta, A, B, height, width)
+    batch, n_rows, length = delta.shape
+    n_chunks = triton.cdiv(length, BLOCK_L)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    h0 = torch.empty(batch, n_rows, n_chunks, meta["BLOCK_N"], **f32)
+    du_rows = torch.empty(delta.shape, **f32)
+    ddelta = torch.empty(delta.shape, **f32)
+    dA, dB, dC, dD = (torch.zeros(t.shape, **f32) for t in (A, B, C, D))
+    _scan_bwd_kernel[grid](u, delta, A, B, C, D, bias, dy.contiguous(), h0, du_rows, ddelta, dA, dB, dC, dD,
+                           n_chunks=n_chunks, SOFTPLUS=softplus, CROSS=height > 0, **meta)
+    n_u = u.shape[1]
+    du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
+    return [du, ddelta, dA, dB, dC, dD, ddelta.sum((0, 2))]
+
+
+@_scan_backward_op.register_fake
+def _(dy, u, delta, A, B, C, D, bias, softplus, height, width):
+    return [t.new_empty(t.shape, dtype=torch.float32) for t in (u, delta, A, B, C, D, bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, bias, softplus, height, width = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, bias)
+    ctx.config = (softplus, height, width)
+
+
+def _backward(ctx, dy):
+    saved = ctx.saved_tensors
+    grads = _scan_backward_op(dy, *saved, *ctx.config)
+    return (*(g.to(t.dtype) for g, t in zip(grads, saved)), None, None, None)
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _prepare(u, delta, A, B, C, D, delta_bias):
@@ -251,7 +270,7 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """``selective_scan`` on CUDA tensors (or any tensors under TRITON_INTERPRET=1)."""
     (u_, delta_, B_, C_), (A_, D_, bias_) = _prepare(u, delta, A, B, C, D, delta_bias)
-    y = _TritonScan.apply(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), 0, 0)
+    y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), 0, 0)
     if z is not None:
         y = y * torch.nn.functional.silu(z.float())
     return y.to(u.dtype)
@@ -264,5 +283,5 @@ def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delt
     (u_, delta_, B_, C_), (A_, D_, bias_) = _prepare(
         x.reshape(batch, dim, length), delta.reshape(batch, NUM_DIRECTIONS * dim, length), A,
         B.reshape(batch, NUM_DIRECTIONS, -1, length), C.reshape(batch, NUM_DIRECTIONS, -1, length), D, delta_bias)
-    y = _TritonScan.apply(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), height, width)
+    y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), height, width)
     return y.view(batch, dim, height, width)
