@@ -32,6 +32,8 @@ from .cross_scan import NUM_DIRECTIONS, scan_order
 from .selective_scan import compute_dtype
 
 LANES = 8
+CHANNELS = 16  # channels per forward task
+SEGMENT = 128  # steps rebuilt at a time in the backward: 2 x 128 x 16 floats stay in L1
 # Not 'nnan'/'ninf': NaN and overflow must still propagate and compare as in the reference.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 _JIT = dict(cache=True, error_model="numpy", fastmath=_FASTMATH)
@@ -137,44 +139,73 @@ def _times_softplus_grad(delta_row, bias, grad_row):
 
 @njit(parallel=True, **_JIT)
 def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, y):
-    """y[b, c, p] = sum over the rows reading channel c of that row's scan output at pixel p."""
+    """y[b, c, p] = sum over the rows reading channel c of that row's scan output at pixel p.
+
+    A task owns CHANNELS channels of one batch element and all their rows, direction by direction, so
+    one group's B and C stay in cache while its rows are scanned and no two tasks write the same y.
+    """
     batch, n_u, length = u.shape
     n_rows, n_state = A.shape
     rows_per_group = n_rows // Bs.shape[1]
     per_channel = n_rows // n_u
+    n_blocks = (n_u + CHANNELS - 1) // CHANNELS
     zero = u.dtype.type(0.0)
-    for task in prange(batch * n_u):
-        b, c = task // n_u, task % n_u
+    for task in prange(batch * n_blocks):
+        b = task // n_blocks
+        first = (task % n_blocks) * CHANNELS
         h = np.empty(n_state, u.dtype)
         dts = np.empty(length, u.dtype)
         for r in range(per_channel):
-            row = r * n_u + c
-            g = row // rows_per_group
-            a = A[row]
-            _step_sizes(delta[b, row], bias[row], softplus, dts)
-            h[:] = zero
-            for step in range(length):
-                p = order[g, step]
-                dt = dts[p]
-                x = u[b, c, p]
-                dtx = dt * x
-                b_p, c_p = Bs[b, g, p], Cs[b, g, p]
-                acc = zero
-                for n in range(n_state):
-                    hn = _exp(dt * a[n]) * h[n] + dtx * b_p[n]
-                    h[n] = hn
-                    acc += c_p[n] * hn
-                y[b, c, p] += acc + D[row] * x
+            for c in range(first, min(first + CHANNELS, n_u)):
+                row = r * n_u + c
+                g = row // rows_per_group
+                a = A[row]
+                u_row, y_row, b_rows, c_rows, order_g = u[b, c], y[b, c], Bs[b, g], Cs[b, g], order[g]
+                _step_sizes(delta[b, row], bias[row], softplus, dts)
+                h[:] = zero
+                for step in range(length):
+                    p = order_g[step]
+                    dt = dts[p]
+                    x = u_row[p]
+                    dtx = dt * x
+                    b_p, c_p = b_rows[p], c_rows[p]
+                    acc = zero
+                    for n in range(n_state):
+                        hn = _exp(dt * a[n]) * h[n] + dtx * b_p[n]
+                        h[n] = hn
+                        acc += c_p[n] * hn
+                    y_row[p] += acc + D[row] * x
+
+
+@njit(inline="always", **_JIT)
+def _recompute(a, b_rows, u_row, dts, order_g, start, stop, h, hs, das):
+    """Advance state h over steps [start, stop), keeping each step's state and exp(dt A) in hs/das."""
+    for step in range(start, stop):
+        p = order_g[step]
+        dt = dts[p]
+        dtx = dt * u_row[p]
+        b_p, h_s, da_s = b_rows[p], hs[step - start], das[step - start]
+        for n in range(h.shape[0]):
+            da = _exp(dt * a[n])
+            hn = da * h[n] + dtx * b_p[n]
+            h[n] = hn
+            h_s[n] = hn
+            da_s[n] = da
 
 
 @njit(parallel=True, **_JIT)
 def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, n_chunks,
               du_rows, ddelta, dA_b, dD_b, dB_p, dC_p):
-    """Gradients; each task owns (batch b, group g, chunk of g's rows) and writes only its own slots."""
+    """Gradients; each task owns (batch b, group g, chunk of g's rows) and writes only its own slots.
+
+    Per row, a first sweep keeps the state only every SEGMENT steps; the reverse sweep then rebuilds one
+    segment at a time into buffers small enough to stay in L1 (keeping all L states spilled out of L2).
+    """
     batch, n_u, length = u.shape
     n_rows, n_state = A.shape
     groups = Bs.shape[1]
     rows_per_group = n_rows // groups
+    n_segments = (length + SEGMENT - 1) // SEGMENT
     zero = u.dtype.type(0.0)
     for task in prange(batch * groups * n_chunks):
         b = task // (groups * n_chunks)
@@ -182,57 +213,58 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, n_chunks,
         chunk = task % n_chunks
         first = g * rows_per_group + (chunk * rows_per_group) // n_chunks
         last = g * rows_per_group + ((chunk + 1) * rows_per_group) // n_chunks
-        hs = np.empty((length, n_state), u.dtype)
-        das = np.empty((length, n_state), u.dtype)
+        starts = np.empty((n_segments, n_state), u.dtype)
+        hs = np.empty((SEGMENT, n_state), u.dtype)
+        das = np.empty((SEGMENT, n_state), u.dtype)
         h = np.empty(n_state, u.dtype)
-        zeros = np.zeros(n_state, u.dtype)
         carry = np.empty(n_state, u.dtype)
         dA_acc = np.empty(n_state, u.dtype)
         dts = np.empty(length, u.dtype)
         dB = dB_p[b, g, chunk]
         dC = dC_p[b, g, chunk]
+        b_rows, c_rows, order_g = Bs[b, g], Cs[b, g], order[g]
         for row in range(first, last):
             c = row % n_u
             a = A[row]
+            u_row, dy_row = u[b, c], dy[b, c]
             _step_sizes(delta[b, row], bias[row], softplus, dts)
             h[:] = zero
-            for step in range(length):  # recompute the states of this row
-                p = order[g, step]
-                dt = dts[p]
-                dtx = dt * u[b, c, p]
-                b_p, h_s, da_s = Bs[b, g, p], hs[step], das[step]
-                for n in range(n_state):
-                    da = _exp(dt * a[n])
-                    hn = da * h[n] + dtx * b_p[n]
-                    h[n] = hn
-                    h_s[n] = hn
-                    da_s[n] = da
+            for seg in range(n_segments):
+                starts[seg] = h
+                start = seg * SEGMENT
+                _recompute(a, b_rows, u_row, dts, order_g, start, min(start + SEGMENT, length), h, hs, das)
             carry[:] = zero
             dA_acc[:] = zero
             dD = zero
-            for step in range(length - 1, -1, -1):
-                p = order[g, step]
-                dt = dts[p]
-                x = u[b, c, p]
-                gy = dy[b, c, p]
-                dD += gy * x
-                dtx = dt * x
-                b_p, c_p, h_s, da_s = Bs[b, g, p], Cs[b, g, p], hs[step], das[step]
-                h_prev = hs[step - 1] if step > 0 else zeros
-                dB_s, dC_s = dB[p], dC[p]
-                du = zero
-                ddt = zero
-                for n in range(n_state):
-                    gh = gy * c_p[n] + carry[n]
-                    dC_s[n] += gy * h_s[n]
-                    dB_s[n] += gh * dtx
-                    du += gh * b_p[n]
-                    gda = gh * h_prev[n] * da_s[n]
-                    ddt += gh * b_p[n] * x + gda * a[n]
-                    dA_acc[n] += gda * dt
-                    carry[n] = gh * da_s[n]
-                du_rows[b, row, p] = D[row] * gy + du * dt
-                ddelta[b, row, p] = ddt
+            for seg in range(n_segments - 1, -1, -1):
+                start = seg * SEGMENT
+                stop = min(start + SEGMENT, length)
+                h[:] = starts[seg]
+                _recompute(a, b_rows, u_row, dts, order_g, start, stop, h, hs, das)
+                for step in range(stop - 1, start - 1, -1):
+                    p = order_g[step]
+                    dt = dts[p]
+                    x = u_row[p]
+                    gy = dy_row[p]
+                    dD += gy * x
+                    dtx = dt * x
+                    k = step - start
+                    b_p, c_p, h_s, da_s = b_rows[p], c_rows[p], hs[k], das[k]
+                    h_prev = hs[k - 1] if k > 0 else starts[seg]
+                    dB_s, dC_s = dB[p], dC[p]
+                    du = zero
+                    ddt = zero
+                    for n in range(n_state):
+                        gh = gy * c_p[n] + carry[n]
+                        dC_s[n] += gy * h_s[n]
+                        dB_s[n] += gh * dtx
+                        du += gh * b_p[n]
+                        gda = gh * h_prev[n] * da_s[n]
+                        ddt += gh * b_p[n] * x + gda * a[n]
+                        dA_acc[n] += gda * dt
+                        carry[n] = gh * da_s[n]
+                    du_rows[b, row, p] = D[row] * gy + du * dt
+                    ddelta[b, row, p] = ddt
             if softplus:
                 _times_softplus_grad(delta[b, row], bias[row], ddelta[b, row])
             dD_b[b, row] = dD
