@@ -9,13 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+
 __all__ = ["CheckpointError", "load_checkpoint", "read_state_dict"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,0 +1,163 @@
+"""Image datasets on disk: the official repository's folder layout, a single folder split by seed, a CSV."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+def read_image(path: str | os.PathLike, channels: int) -> torch.Tensor:
+    """An image file as a float tensor (channels, H, W) in [0, 1]: EXIF orientation applied, 8- or 16-bit,
+    grey or colour converted to ``channels`` (1 or 3). Unreadable files and decompression bombs raise
+    DataError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: refused, image too large ({e})") from None
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float32) / (65535.0 if img.mode.startswith("I;16") else
+                                                      max(float(np.asarray(img).max()), 1.0))
+        array = array[..., None]
+    elif img.mode == "F":
+        array = np.asarray(img, dtype=np.float32)[..., None]
+    else:
+        img = img.convert("L" if channels == 1 else "RGB")
+        array = np.asarray(img, dtype=np.float32) / 255.0
+        array = array[..., None] if array.ndim == 2 else array
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if tensor.shape[0] != channels:
+        tensor = tensor.mean(0, keepdim=True) if channels == 1 else tensor.expand(channels, -1, -1)
+    return tensor.contiguous()
+
+
+class ImageListDataset(Dataset):
+    """(path, label) pairs read with ``read_image``; the common base of the folder and CSV datasets."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], channels: int = 3,
+                 transform: Optional[Callable] = None):
+        self.samples = list(samples)
+        self.classes = tuple(classes)
+        self.channels = channels
+        self.transform = transform
+        self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        image = read_image(path, self.channels)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, torch.tensor(label)
+
+
+def _class_folder_samples(folder: Path, classes: Optional[Sequence[str]] = None):
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = list(classes) if classes is not None else found
+    if not classes:
+        raise DataError(f"{folder}: no class folders (expected {folder}/<class>/<image files>)")
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{folder}: class folders {unknown} are not among the training classes {classes}")
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if (folder / name).is_dir() else []
+        if not files and name in found:
+            raise DataError(f"{folder / name}: empty class folder (no {'/'.join(sorted(IMAGE_SUFFIXES))} files)")
+        samples += [(str(p), label) for p in files]
+    return samples, classes
+
+
+def stratified_split(labels: np.ndarray, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> dict[str, list[int]]:
+    """Indices of train/val/test, each class divided in the given proportions, reproducibly."""
+    rng = np.random.default_rng(seed)
+    split = {"train": [], "val": [], "test": []}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = int(round(fractions[1] * len(idx)))
+        n_test = int(round(fractions[2] * len(idx)))
+        split["val"] += idx[:n_val].tolist()
+        split["test"] += idx[n_val:n_val + n_test].tolist()
+        split["train"] += idx[n_val + n_test:].tolist()
+    return {k: sorted(v) for k, v in split.items()}
+
+
+def image_folder_splits(root: str | os.PathLike, channels: int = 3, seed: int = 0,
+                        split_file: Optional[str | os.PathLike] = None) -> tuple[dict, list[str]]:
+    """(split -> [(path, label)], classes) for ``root/{train,val,test}/<class>/*`` (the official layout) or
+    for a single ``root/<class>/*`` folder, split 70/10/20 stratified by ``seed``. The single-folder split
+    is saved as JSON (``split_file``, default ``root/split_seed{seed}.json``) and reused when present."""
+    root = Path(root)
+    if (root / "train").is_dir():
+        train, classes = _class_folder_samples(root / "train")
+        splits = {"train": train}
+        for name in ("val", "test"):
+            if (root / name).is_dir():
+                splits[name] = _class_folder_samples(root / name, classes)[0]
+        return splits, classes
+    samples, classes = _class_folder_samples(root)
+    split_path = Path(split_file) if split_file else root / f"split_seed{seed}.json"
+    rel = [os.path.relpath(p, root) for p, _ in samples]
+    if split_path.is_file():
+        saved = json.loads(split_path.read_text())
+        by_path = dict(zip(rel, samples))
+        missing = [p for part in saved["splits"].values() for p in part if p not in by_path]
+        if missing:
+            raise DataError(f"{split_path}: lists files that are gone, e.g. {missing[0]}; delete it to re-split")
+        return {k: [by_path[p] for p in v] for k, v in saved["splits"].items()}, saved["classes"]
+    idx = stratified_split(np.array([label for _, label in samples]), seed=seed)
+    splits = {k: [samples[i] for i in v] for k, v in idx.items()}
+    tmp = split_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"seed": seed, "classes": classes,
+                               "splits": {k: [rel[i] for i in v] for k, v in idx.items()}}, indent=1))
+    os.replace(tmp, split_path)
+    return splits, classes
+
+
+def csv_manifest_splits(path: str | os.PathLike, seed: int = 0) -> tuple[dict, list[str]]:
+    """(split -> [(path, label)], classes) from a CSV with columns path, label and optionally split.
+    Relative paths are relative to the CSV; labels may be names or integers; rows without a split are
+    divided 70/10/20 stratified by ``seed``."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DataError(f"{path}: needs a header with columns path,label[,split] and at least one row")
+    names = sorted({r["label"] for r in rows}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else s))
+    index = {name: i for i, name in enumerate(names)}
+    samples = [(str((path.parent / r["path"]).resolve()), index[r["label"]]) for r in rows]
+    given = [r.get("split") or "" for r in rows]
+    bad = sorted({s for s in given if s and s not in ("train", "val", "test")})
+    if bad:
+        raise DataError(f"{path}: unknown split values {bad}; use train, val or test")
+    if all(given):
+        splits = {s: [smp for smp, g in zip(samples, given) if g == s] for s in ("train", "val", "test")}
+    else:
+        idx = stratified_split(np.array([label for _, label in samples]), seed=seed)
+        splits = {k: [samples[i] for i in v] for k, v in idx.items()}
+    return {k: v for k, v in splits.items() if v}, names
