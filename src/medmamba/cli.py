@@ -63,6 +63,69 @@ def _demo(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .config import load_config
+    from .evaluate import PUBLISHED, metrics_table, published_table
+    from .train import train
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.resume:
+        result = train(output=args.output, overrides=overrides, resume=True)
+    else:
+        cfg = load_config(args.config, overrides)
+        result = train(cfg, output=args.output, overwrite=args.overwrite)
+    trainer, test = result["trainer"], result.get("test")
+    from . import distributed as dist_utils
+    if test is not None and dist_utils.is_main():
+        name = trainer.data.name
+        print(f"\nTest split of {name}, best checkpoint (epoch {trainer.state.best_epoch}, "
+              f"val {trainer.cfg['monitor']} {trainer.state.best:.4f}):\n")
+        print(metrics_table(test))
+        if name in PUBLISHED:
+            print("\nBeside the published results (MedMNIST's ACC/AUC rules):\n")
+            print(published_table(name, test, f"{trainer.cfg['model']} (this run)"))
+        print(f"\nreport: {result['report']['md']}")
+    dist_utils.cleanup()
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .config import load_config
+    from .data.builder import build_data
+    from .errors import MedMambaError
+    from .evaluate import evaluate, metrics_table, write_report
+    from .models import create_model
+    from .checkpoint import load_checkpoint
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file():
+        raise MedMambaError(f"{run}: not a training output folder (no config.yaml)")
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    cfg = load_config(run / "config.yaml", overrides)
+    weights = Path(args.checkpoint) if args.checkpoint not in ("best", "last") else \
+        run / "checkpoints" / args.checkpoint / "model.safetensors"
+    out = Path(args.output) if args.output else run / f"eval_{args.split}_{args.checkpoint if args.checkpoint in ('best', 'last') else weights.stem}"
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise MedMambaError(f"{out} exists; pass --overwrite to replace that report or --output for another folder")
+    data = build_data(cfg, splits=(args.split,))
+    model = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.channels,
+                         scan_backend=cfg["scan_backend"], **cfg["model_args"])
+    load_checkpoint(model, weights)
+    device = "cuda" if torch_cuda() else "cpu"
+    metrics, labels, probs = evaluate(model.to(device), data.splits[args.split], data.task, data.classes,
+                                      cfg["eval_batch_size"], device, cfg["amp"], progress=True)
+    paths = write_report(out, metrics, labels, probs, data.classes, f"{cfg['model']} on {data.name} ({args.split})",
+                         data.name, extra={"checkpoint": str(weights), "split": args.split})
+    print(metrics_table(metrics))
+    print(f"\nreport: {paths['md']}")
+    return 0
+
+
+def torch_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmamba", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,12 +138,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=8)
     demo.add_argument("--backend", default="auto", help="selective-scan backend (see `medmamba info`)")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="train (and test) MedMamba; torchrun-compatible")
+    train.add_argument("--config", help="YAML config (defaults: medmamba.config.DEFAULTS)")
+    train.add_argument("--output", required=True, help="output folder (never overwritten unless --overwrite)")
+    train.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output exactly")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    train.add_argument("overrides", nargs="*", help="config overrides, e.g. optimizer.lr=3e-4 epochs=10")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="metrics, report and plots of a trained run on a split")
+    ev.add_argument("run", help="training output folder")
+    ev.add_argument("--checkpoint", default="best", help="best, last, or a weights file")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--output", help="report folder (default: RUN/eval_<split>_<checkpoint>)")
+    ev.add_argument("--overwrite", action="store_true")
+    ev.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    ev.add_argument("overrides", nargs="*", help="config overrides for the data, e.g. data.root=...")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 
 def main(argv=None) -> int:
+    from .errors import MedMambaError
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MedMambaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

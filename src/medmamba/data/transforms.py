@@ -1,0 +1,61 @@
+"""torchvision (v2) transforms: augmentation for training, a deterministic resize for evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotation: float = 0.0          # degrees, uniform in [-rotation, rotation]
+    scale_min: float = 1.0         # RandomResizedCrop's smallest area fraction; 1.0 = plain resize
+    translate: float = 0.0         # fraction of the size, RandomAffine
+    brightness: float = 0.0
+    contrast: float = 0.0
+    erasing: float = 0.0           # RandomErasing probability
+
+
+class MatchChannels(torch.nn.Module):
+    """Grey images for an RGB model repeat their channel; colour images for a grey model are averaged."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[-3] == self.channels:
+            return image
+        if self.channels == 1:
+            return image.mean(-3, keepdim=True)
+        if image.shape[-3] == 1:
+            return image.expand(*image.shape[:-3], self.channels, *image.shape[-2:])
+        raise ValueError(f"cannot map {image.shape[-3]} image channels to {self.channels}")
+
+
+def build_transform(img_size: int, channels: int, train: bool, aug: AugmentConfig | None = None,
+                    mean: float = 0.5, std: float = 0.5) -> v2.Compose:
+    """uint8 or [0, 1] float (C, H, W) tensors -> normalised float (channels, img_size, img_size)."""
+    steps = [v2.ToDtype(torch.float32, scale=True), MatchChannels(channels)]
+    aug = aug or AugmentConfig()
+    if train and aug.scale_min < 1.0:
+        steps.append(v2.RandomResizedCrop(img_size, scale=(aug.scale_min, 1.0), antialias=True))
+    else:
+        steps.append(v2.Resize((img_size, img_size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
+    if train:
+        if aug.hflip:
+            steps.append(v2.RandomHorizontalFlip(aug.hflip))
+        if aug.vflip:
+            steps.append(v2.RandomVerticalFlip(aug.vflip))
+        if aug.rotation or aug.translate:
+            steps.append(v2.RandomAffine(degrees=aug.rotation, translate=(aug.translate, aug.translate)
+                                         if aug.translate else None))
+        if aug.brightness or aug.contrast:
+            steps.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+    steps.append(v2.Normalize([mean] * channels, [std] * channels))
+    if train and aug.erasing:
+        steps.append(v2.RandomErasing(aug.erasing))
+    return v2.Compose(steps)

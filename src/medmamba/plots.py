@@ -1,0 +1,57 @@
+"""Confusion-matrix and ROC figures (matplotlib, written as PNG)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=""):
+    plt = _pyplot()
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(2.2 + 0.7 * k, 1.8 + 0.7 * k))
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), [str(c)[:18] for c in class_names], rotation=30, ha="right")
+    ax.set_yticks(range(k), [str(c)[:18] for c in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\nconfusion matrix (counts, row %)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(labels, probs, class_names, task, path, title=""):
+    from sklearn.metrics import roc_auc_score, roc_curve
+    plt = _pyplot()
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    if task.startswith("multi-label"):
+        curves = [(name, labels[:, i], probs[:, i]) for i, name in enumerate(class_names)]
+    elif len(class_names) == 2:
+        curves = [(f"{class_names[1]} vs {class_names[0]}", (labels == 1).astype(int), probs[:, 1])]
+    else:
+        curves = [(name, (labels == i).astype(int), probs[:, i]) for i, name in enumerate(class_names)]
+    for name, y, s in curves:
+        if y.min() == y.max():
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, lw=1.5, label=f"{str(name)[:24]} (AUC {roc_auc_score(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"{title}\nROC", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
