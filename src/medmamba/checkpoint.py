@@ -58,7 +58,8 @@ def _summarise(keys, limit=8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"):
+def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                     new_head_ok: bool = True):
     """Fit a checkpoint to a model where that is meaningful; raise one clear error where it is not."""
     state = dict(state)
     own = model.state_dict()
@@ -72,6 +73,8 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     if head_keys and any(k not in own or state[k].shape != own[k].shape for k in head_keys):
         theirs = state["head.weight"].shape[0] if "head.weight" in state else "?"
         ours = getattr(model, "num_classes", "?")
+        if not new_head_ok:
+            raise CheckpointError(f"{source}: its head has {theirs} classes, the model {ours}")
         if ours:
             warnings.warn(f"{source}: its head has {theirs} classes, the model {ours}; loading everything but "
                           f"the head, which keeps its fresh initialisation.", UserWarning, stacklevel=3)
@@ -96,9 +99,12 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     return state
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load weights from ``path`` into ``model`` (in place) and return it. See ``read_state_dict``."""
-    state = adapt_state_dict(model, read_state_dict(path), source=str(path))
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, new_head_ok: bool = True) -> nn.Module:
+    """Load weights from ``path`` into ``model`` (in place) and return it. See ``read_state_dict``.
+
+    With ``new_head_ok`` (fine-tuning) a head of another class count is skipped with a warning; without it
+    (evaluation, prediction) that is an error."""
+    state = adapt_state_dict(model, read_state_dict(path), source=str(path), new_head_ok=new_head_ok)
     head_reinitialised = any(k.startswith("head.") for k in model.state_dict()) and "head.weight" not in state
     result = model.load_state_dict(state, strict=not head_reinitialised)
     if head_reinitialised:

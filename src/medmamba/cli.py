@@ -110,7 +110,7 @@ def _evaluate(args) -> int:
     data = build_data(cfg, splits=(args.split,))
     model = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.channels,
                          scan_backend=cfg["scan_backend"], **cfg["model_args"])
-    load_checkpoint(model, weights)
+    load_checkpoint(model, weights, new_head_ok=False)
     device = "cuda" if torch_cuda() else "cpu"
     metrics, labels, probs = evaluate(model.to(device), data.splits[args.split], data.task, data.classes,
                                       cfg["eval_batch_size"], device, cfg["amp"], progress=True)

@@ -73,3 +73,47 @@ def all_reduce_mean(value: float) -> float:
 def cleanup():
     if is_distributed():
         dist.destroy_process_group()
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """Batch norm whose training statistics span every rank's batch, on any device.
+
+    torch's SyncBatchNorm runs on GPUs only; this one uses the differentiable all_reduce of
+    torch.distributed.nn, so CPU (gloo) DDP trains exactly like one process with the whole batch.
+    """
+
+    def forward(self, x):
+        if not (self.training and is_distributed() and get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        dims = (0, 2, 3)
+        count = torch.tensor([float(x.numel() // x.shape[1])], dtype=x.dtype)
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
+        stats = all_reduce(stats)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
+            self.num_batches_tracked += 1
+        shape = (1, c, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def convert_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Cross-rank batch statistics: torch's SyncBatchNorm on GPUs, GlobalBatchNorm2d elsewhere."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new)
+        else:
+            convert_batchnorm(child, device)
+    return module

@@ -14,7 +14,7 @@ def _pyplot():
 def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=""):
     plt = _pyplot()
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(2.2 + 0.7 * k, 1.8 + 0.7 * k))
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 + 0.7 * k), max(4.0, 1.8 + 0.7 * k)))
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
@@ -46,7 +46,7 @@ def plot_roc(labels, probs, class_names, task, path, title=""):
         if y.min() == y.max():
             continue
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, lw=1.5, label=f"{str(name)[:24]} (AUC {roc_auc_score(y, s):.3f})")
+        ax.plot(fpr, tpr, lw=1.5, label=f"{str(name)[:40]} (AUC {roc_auc_score(y, s):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")

@@ -79,6 +79,8 @@ class TrainState:
     best: Optional[float] = None
     best_epoch: int = -1
     bad_epochs: int = 0
+    loss_sum: float = 0.0        # this epoch's training loss so far, so a resumed epoch reports it whole
+    loss_count: int = 0
     history: list = field(default_factory=list)
 
 
@@ -237,7 +239,7 @@ class Trainer:
                              drop_path_rate=cfg["drop_path_rate"], scan_backend=cfg["scan_backend"],
                              pretrained=cfg["pretrained"], **cfg["model_args"]).to(self.device)
         if self.world > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = dist_utils.convert_batchnorm(model, self.device)
         return model
 
     def _tensorboard(self):
@@ -309,7 +311,6 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=total, initial=self.state.step_in_epoch, desc=f"epoch {epoch + 1}/{self.cfg['epochs']}",
                        leave=False, dynamic_ncols=True)
-        running, count = 0.0, 0
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.device, self.cfg["amp"]):
@@ -331,8 +332,8 @@ class Trainer:
                 self.ema.update(self.model)
             self.state.step_in_epoch += 1
             self.state.global_step += 1
-            running += loss.item() * len(x)
-            count += len(x)
+            self.state.loss_sum += loss.item() * len(x)
+            self.state.loss_count += len(x)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 bar.update(1)
@@ -343,7 +344,9 @@ class Trainer:
                 cb(self)
         if bar is not None:
             bar.close()
-        return dist_utils.all_reduce_mean(running / max(count, 1))
+        mean = self.state.loss_sum / max(self.state.loss_count, 1)
+        self.state.loss_sum, self.state.loss_count = 0.0, 0
+        return dist_utils.all_reduce_mean(mean)
 
     def eval_model(self):
         return self.ema.module if self.ema is not None else self.model

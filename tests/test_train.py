@@ -1,0 +1,180 @@
+"""Training pipeline on real BreastMNIST images with a tiny MedMamba: outputs, exact resume, failures, DDP."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medmamba.config import load_config
+from medmamba.errors import MedMambaError, TrainingError
+from medmamba.train import train
+
+from .conftest import REPO, SHARED
+from .test_data import needs_medmnist
+
+pytestmark = needs_medmnist
+TINY = [f"data.root={SHARED / 'medmnist'}", "data.img_size=28", "data.max_samples=40", "batch_size=8",
+        "eval_batch_size=16", "model_args={depths: [1, 1], dims: [8, 16]}", "epochs=3", "tensorboard=false"]
+
+
+def tiny_cfg(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def run_python(code: str, *args, env_extra=None, check=True):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def test_run_folder_contents_and_no_overwrite(tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_cfg(), out, progress=False)
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "eval_test"} <= {p.name for p in out.iterdir()}
+    assert (out / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "last" / "state.pt").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(0 <= r["val_auc"] <= 1 for r in rows)
+    report = json.loads((out / "eval_test" / "report.json").read_text())
+    assert report["metrics"]["n"] == 40 and report["metrics"]["accuracy"] == result["test"]["accuracy"]
+    assert (out / "eval_test" / "roc.png").stat().st_size > 1000
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(MedMambaError, match="exists and is not empty; pass --overwrite"):
+        train(tiny_cfg(), out, progress=False)
+    assert (out / "metrics.jsonl").read_text() == before
+    # the best weights load as a pretrained checkpoint
+    import medmamba
+    model = medmamba.create_model("medmamba_t", num_classes=2, in_chans=1, depths=[1, 1], dims=[8, 16],
+                                  pretrained=out / "checkpoints" / "best" / "model.safetensors")
+    assert model.head.out_features == 2
+
+
+KILL_AT_STEP = 7  # epoch 2 of 3, two steps in; the last checkpoint before it is step 6 (save_every_steps=2)
+DRIVER = """
+import os, signal, sys
+from medmamba.config import load_config
+from medmamba.train import train
+overrides = sys.argv[3:]
+def kill(trainer):
+    if sys.argv[2] == "kill" and trainer.state.global_step == {kill}:
+        os.kill(os.getpid(), signal.SIGKILL)
+resume = sys.argv[2] == "resume"
+train(None if resume else load_config(None, overrides), sys.argv[1], resume=resume, callbacks=[kill],
+      progress=False, test_split=None)
+""".replace("{kill}", str(KILL_AT_STEP))
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
+    # augmentation and stochastic depth on: the RNG states must be restored too
+    overrides = TINY + ["save_every_steps=2", "augment.rotation=15", "drop_path_rate=0.2", "threads=1"]
+    run_python(DRIVER, tmp_path / "straight", "straight", *overrides)
+    killed = run_python(DRIVER, tmp_path / "killed", "kill", *overrides, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    meta = json.loads((tmp_path / "killed" / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["global_step"] == KILL_AT_STEP - 1 and meta["step_in_epoch"] > 0  # mid-epoch
+    run_python(DRIVER, tmp_path / "killed", "resume")
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    resumed = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in straight]
+    assert strip == [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in resumed]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def poison(trainer):
+        if trainer.state.global_step == 6:  # after the end-of-epoch-1 checkpoint (5 steps an epoch)
+            with torch.no_grad():
+                trainer.model.head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="loss is nan at epoch 2, step 2; stopped. Last good checkpoint"):
+        train(tiny_cfg(), tmp_path / "run", callbacks=[poison], progress=False)
+    last = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in last.values() if v.dtype.is_floating_point)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())
+    assert state["epoch"] == 1 and state["global_step"] == 5
+
+
+def test_options_ema_weights_sgd_schedule_and_early_stopping(tmp_path):
+    result = train(tiny_cfg("ema=0.9", "class_weights=balanced", "optimizer.name=sgd", "optimizer.lr=0.01",
+                            "schedule.name=medmnist", "label_smoothing=0.1", "clip_grad=1.0",
+                            "early_stopping=1", "monitor=loss", "epochs=6"),
+                   tmp_path / "run", progress=False)
+    trainer = result["trainer"]
+    summary = result["summary"]
+    # patience 1: training ends one epoch after the best one, or at the last epoch
+    assert summary["epochs"] in (summary["best_epoch"] + 1, 6)
+    counts = torch.bincount(torch.as_tensor(trainer.data.splits["train"].labels), minlength=2).float()
+    torch.testing.assert_close(trainer.class_weights, 40 / (2 * counts))
+    assert trainer.eval_model() is trainer.ema.module
+    ema, live = trainer.ema.module.state_dict(), trainer.model.state_dict()
+    assert not torch.equal(ema["head.weight"], live["head.weight"])
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+
+
+def test_cli_bad_inputs_are_one_line(tmp_path):
+    def cli(*args):
+        return run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", *args,
+                          check=False)
+    (tmp_path / "breastmnist.npz").write_bytes(b"truncated")
+    cases = [
+        (["train", "--output", tmp_path / "o1", "--data-root", tmp_path, *TINY[1:]], "not a readable .npz"),
+        (["train", "--output", tmp_path / "o2", "optimizer.name=rmsprop", *TINY], "unknown optimizer 'rmsprop'"),
+        (["train", "--output", tmp_path / "o3", "nonsense.key=1"], "unknown config key 'nonsense'"),
+        (["evaluate", tmp_path / "nowhere"], "not a training output folder"),
+    ]
+    for args, message in cases:
+        proc = cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr[-1500:])
+        lines = [line for line in proc.stderr.strip().splitlines() if line]
+        assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg("epochs=1"), out, progress=False, test_split=None)
+    proc = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))",
+                      "evaluate", out, "--split", "val")
+    assert "| accuracy |" in proc.stdout and (out / "eval_val_best" / "report.md").is_file()
+    again = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))",
+                       "evaluate", out, "--split", "val", check=False)
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+    import medmamba
+    from safetensors.torch import save_file
+    other = medmamba.create_model("medmamba_t", num_classes=5, in_chans=1, depths=[1, 1], dims=[8, 16])
+    save_file(other.state_dict(), str(tmp_path / "five.safetensors"))
+    bad = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))",
+                     "evaluate", out, "--checkpoint", tmp_path / "five.safetensors", check=False)
+    assert bad.returncode == 2 and "5 classes" in bad.stderr and "2" in bad.stderr
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    # no augmentation or stochastic depth (each rank draws its own), cross-rank batch norm
+    overrides = TINY + ["augment.hflip=0", "drop_path_rate=0", "epochs=2", "threads=1", "data.max_samples=32"]
+    one = ["batch_size=8", "--output", tmp_path / "one"]  # after TINY's batch_size: the last one counts
+    two = ["batch_size=4", "--output", tmp_path / "two"]  # per process: the same global batch
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    subprocess.run([sys.executable, "-m", "medmamba", "train", *map(str, overrides + one)], env=env, check=True,
+                   capture_output=True, timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run([*torchrun, "-m", "medmamba", "train", *map(str, overrides + two)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    r2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(r1) == len(r2) == 2
+    for a, b in zip(r1, r2):
+        for key in ("train_loss", "val_loss", "val_acc", "val_auc", "val_f1"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    t1 = json.loads((tmp_path / "one" / "eval_test" / "report.json").read_text())["metrics"]
+    t2 = json.loads((tmp_path / "two" / "eval_test" / "report.json").read_text())["metrics"]
+    assert t1["n"] == t2["n"] == 32 and t1["accuracy"] == t2["accuracy"]
+    assert t1["auc"] == pytest.approx(t2["auc"], abs=1e-6)
