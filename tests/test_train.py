@@ -1,11 +1,11 @@
 """Training pipeline on real BreastMNIST images with a tiny MedMamba: outputs, exact resume, failures, DDP."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -178,3 +178,20 @@ def test_torchrun_two_processes_match_one(tmp_path):
     t2 = json.loads((tmp_path / "two" / "eval_test" / "report.json").read_text())["metrics"]
     assert t1["n"] == t2["n"] == 32 and t1["accuracy"] == t2["accuracy"]
     assert t1["auc"] == pytest.approx(t2["auc"], abs=1e-6)
+
+
+def test_multilabel_chestmnist_layout_trains_with_bce(tmp_path):
+    # a small file in ChestMNIST's layout (14 labels per image), since the real one is not in ../shared
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 24), ("val", 12), ("test", 12)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 2, (n, 14), dtype=np.uint8)
+        labels[0], labels[1] = 0, 1  # every label both present and absent
+        arrays[f"{split}_labels"] = labels
+    np.savez(tmp_path / "chestmnist.npz", **arrays)
+    cfg = tiny_cfg("data.medmnist=chestmnist", f"data.root={tmp_path}", "epochs=1")
+    result = train(cfg, tmp_path / "run", progress=False)
+    m = result["test"]
+    assert m["task"].startswith("multi-label") and len(m["per_class"]) == 14 and m["confusion_matrix"] is None
+    assert 0.0 <= m["medmnist"]["acc"] <= 1.0 and 0.0 <= m["auc"] <= 1.0

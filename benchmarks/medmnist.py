@@ -1,0 +1,58 @@
+"""Accuracy benchmark: the recommended recipes on BreastMNIST and PneumoniaMNIST, test ACC/AUC beside the
+published ResNet-18 and MedMamba figures, with wall time and training images/s.
+
+    .venv/bin/python benchmarks/medmnist.py --data-root ../shared/medmnist            # both datasets
+    .venv/bin/python benchmarks/medmnist.py --data-root ../shared/medmnist --only breastmnist
+    .venv/bin/python benchmarks/medmnist.py ... --set epochs=5                          # recipe overrides
+
+Recipes: configs/<dataset>.yaml. Each run writes its folder under --output (default runs/benchmark).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("breastmnist", "pneumoniamnist")
+TARGETS = {"breastmnist": (0.87, 0.91), "pneumoniamnist": (0.90, 0.97)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--only", choices=DATASETS)
+    parser.add_argument("--output", default=str(REPO / "runs" / "benchmark"))
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
+    args = parser.parse_args()
+    from medmamba.config import load_config
+    from medmamba.evaluate import PUBLISHED
+    from medmamba.train import train
+    rows = []
+    for name in [args.only] if args.only else DATASETS:
+        recipe = REPO / "configs" / f"{name}.yaml"
+        cfg = load_config(recipe, [f"data.root={args.data_root}", *args.set])
+        out = Path(args.output) / name
+        t0 = time.time()
+        result = train(cfg, out, overwrite=True)
+        wall = time.time() - t0
+        trainer = result["trainer"]
+        n_images = len(trainer.data.splits["train"]) * trainer.state.epoch
+        rows.append(dict(dataset=name, acc=result["test"]["medmnist"]["acc"], auc=result["test"]["medmnist"]["auc"],
+                         best_epoch=trainer.state.best_epoch, epochs=trainer.state.epoch, wall_s=wall,
+                         train_images_per_s=n_images / wall, recipe=str(recipe.relative_to(REPO)),
+                         overrides=args.set))
+        (out / "benchmark.json").write_text(json.dumps(rows[-1], indent=1))
+    print(f"\n{'dataset':<16}{'model':<34}{'ACC':>7}{'AUC':>7}  {'wall':>8}  {'img/s':>6}  target")
+    for r in rows:
+        acc_t, auc_t = TARGETS[r["dataset"]]
+        met = "met" if r["acc"] >= acc_t and r["auc"] >= auc_t else "not met"
+        print(f"{r['dataset']:<16}{'MedMamba-T, this recipe':<34}{r['acc']:>7.3f}{r['auc']:>7.3f}  "
+              f"{r['wall_s'] / 60:>6.1f}m  {r['train_images_per_s']:>6.1f}  ACC>={acc_t} AUC>={auc_t}: {met}")
+        for who, (acc, auc) in PUBLISHED[r["dataset"]].items():
+            print(f"{'':<16}{who:<34}{acc:>7.3f}{auc:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
