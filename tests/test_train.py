@@ -38,7 +38,8 @@ def run_python(code: str, *args, env_extra=None, check=True):
 def test_run_folder_contents_and_no_overwrite(tmp_path):
     out = tmp_path / "run"
     result = train(tiny_cfg(), out, progress=False)
-    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "eval_test"} <= {p.name for p in out.iterdir()}
+    expected = {"config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "eval_test"}
+    assert expected <= {p.name for p in out.iterdir()}
     assert (out / "checkpoints" / "best" / "model.safetensors").is_file()
     assert (out / "checkpoints" / "last" / "state.pt").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

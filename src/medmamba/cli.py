@@ -102,9 +102,9 @@ def _evaluate(args) -> int:
         raise MedMambaError(f"{run}: not a training output folder (no config.yaml)")
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
     cfg = load_config(run / "config.yaml", overrides)
-    weights = Path(args.checkpoint) if args.checkpoint not in ("best", "last") else \
-        run / "checkpoints" / args.checkpoint / "model.safetensors"
-    out = Path(args.output) if args.output else run / f"eval_{args.split}_{args.checkpoint if args.checkpoint in ('best', 'last') else weights.stem}"
+    named = args.checkpoint in ("best", "last")
+    weights = run / "checkpoints" / args.checkpoint / "model.safetensors" if named else Path(args.checkpoint)
+    out = Path(args.output) if args.output else run / f"eval_{args.split}_{args.checkpoint if named else weights.stem}"
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise MedMambaError(f"{out} exists; pass --overwrite to replace that report or --output for another folder")
     data = build_data(cfg, splits=(args.split,))

@@ -175,6 +175,10 @@ def _atomic_dir_replace(tmp: Path, final: Path):
         shutil.rmtree(old)
 
 
+def _save_weights(model: torch.nn.Module, path: Path):
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
 def checkpoint_dir(output: Path, name: str) -> Optional[Path]:
     """The complete checkpoint folder ``name``, or the previous one if a swap was interrupted."""
     for candidate in (output / CHECKPOINTS / name, output / CHECKPOINTS / f"{name}.old"):
@@ -201,7 +205,8 @@ class Trainer:
         n_train = len(self.data.splits["train"])
         self.steps_per_epoch = max(1, math.ceil(math.ceil(n_train / self.world) / bs))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16" and self.device.type == "cuda")
+        fp16_on_gpu = cfg["amp"] == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16_on_gpu)
         self.ema = ModelEma(self.model, cfg["ema"]) if cfg["ema"] else None
         weights = class_weight_tensor(cfg, self.data)
         self.class_weights = weights.to(self.device) if weights is not None else None
@@ -259,7 +264,8 @@ class Trainer:
                           persistent_workers=False)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
-    def _save_checkpoint(self, name: str = "last"):
+    def _write_checkpoint(self, name: str, files: Callable[[Path], None]):
+        """Rank 0 writes a checkpoint folder through ``files(tmp_dir)`` and swaps it in atomically."""
         if dist_utils.is_main():
             root = self.output / CHECKPOINTS
             root.mkdir(parents=True, exist_ok=True)
@@ -267,18 +273,21 @@ class Trainer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                      str(tmp / "model.safetensors"))
+            files(tmp)
+            _atomic_dir_replace(tmp, root / name)
+        dist_utils.barrier()
+
+    def _save_checkpoint(self, name: str = "last"):
+        def files(tmp: Path):
+            _save_weights(self.model, tmp / "model.safetensors")
             if self.ema is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
-                          str(tmp / "ema.safetensors"))
+                _save_weights(self.ema.module, tmp / "ema.safetensors")
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": rng_state(), "train": vars(self.state),
                      "world_size": self.world}
             torch.save(state, tmp / "state.pt")
             (tmp / "meta.json").write_text(json.dumps({k: v for k, v in vars(self.state).items() if k != "history"}))
-            _atomic_dir_replace(tmp, root / name)
-        dist_utils.barrier()
+        self._write_checkpoint(name, files)
 
     def _load_checkpoint(self):
         ckpt = checkpoint_dir(self.output, "last")
@@ -286,7 +295,8 @@ class Trainer:
         if state["world_size"] != self.world:
             raise MedMambaError(f"checkpoint was written with {state['world_size']} processes, resumed with "
                                 f"{self.world}: an exact resume needs the same number")
-        self.model.load_state_dict({k: v.to(self.device) for k, v in load_file(str(ckpt / "model.safetensors")).items()})
+        weights = load_file(str(ckpt / "model.safetensors"))
+        self.model.load_state_dict({k: v.to(self.device) for k, v in weights.items()})
         if self.ema is not None:
             self.ema.module.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -419,18 +429,10 @@ class Trainer:
         return {"best": self.state.best, "best_epoch": self.state.best_epoch, "epochs": self.state.epoch}
 
     def _save_best(self):
-        if dist_utils.is_main():
-            root = self.output / CHECKPOINTS
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = root / ".best.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.eval_model().state_dict().items()},
-                      str(tmp / "model.safetensors"))
+        def files(tmp: Path):
+            _save_weights(self.eval_model(), tmp / "model.safetensors")
             (tmp / "model.json").write_text(json.dumps(self.model_config(), indent=1))
-            _atomic_dir_replace(tmp, root / "best")
-        dist_utils.barrier()
+        self._write_checkpoint("best", files)
 
     def model_config(self) -> dict:
         """Enough to rebuild the model and its data handling for evaluation and prediction."""

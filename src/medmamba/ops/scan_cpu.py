@@ -138,17 +138,21 @@ def _times_softplus_grad(delta_row, bias, grad_row):
 
 
 @njit(parallel=True, **_JIT)
-def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, y):
+def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, y, starts):
     """y[b, c, p] = sum over the rows reading channel c of that row's scan output at pixel p.
 
     A task owns CHANNELS channels of one batch element and all their rows, direction by direction, so
     one group's B and C stay in cache while its rows are scanned and no two tasks write the same y.
+    Unless ``starts`` is empty, the state at the start of every SEGMENT steps is kept there for the
+    backward, (batch, rows, segments, N): a few KB a row instead of the L x N states.
     """
     batch, n_u, length = u.shape
     n_rows, n_state = A.shape
     rows_per_group = n_rows // Bs.shape[1]
     per_channel = n_rows // n_u
     n_blocks = (n_u + CHANNELS - 1) // CHANNELS
+    n_segments = (length + SEGMENT - 1) // SEGMENT
+    keep = starts.shape[0] > 0
     zero = u.dtype.type(0.0)
     for task in prange(batch * n_blocks):
         b = task // n_blocks
@@ -163,18 +167,21 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, y):
                 u_row, y_row, b_rows, c_rows, order_g = u[b, c], y[b, c], Bs[b, g], Cs[b, g], order[g]
                 _step_sizes(delta[b, row], bias[row], softplus, dts)
                 h[:] = zero
-                for step in range(length):
-                    p = order_g[step]
-                    dt = dts[p]
-                    x = u_row[p]
-                    dtx = dt * x
-                    b_p, c_p = b_rows[p], c_rows[p]
-                    acc = zero
-                    for n in range(n_state):
-                        hn = _exp(dt * a[n]) * h[n] + dtx * b_p[n]
-                        h[n] = hn
-                        acc += c_p[n] * hn
-                    y_row[p] += acc + D[row] * x
+                for seg in range(n_segments):
+                    if keep:
+                        starts[b, row, seg] = h
+                    for step in range(seg * SEGMENT, min((seg + 1) * SEGMENT, length)):
+                        p = order_g[step]
+                        dt = dts[p]
+                        x = u_row[p]
+                        dtx = dt * x
+                        b_p, c_p = b_rows[p], c_rows[p]
+                        acc = zero
+                        for n in range(n_state):
+                            hn = _exp(dt * a[n]) * h[n] + dtx * b_p[n]
+                            h[n] = hn
+                            acc += c_p[n] * hn
+                        y_row[p] += acc + D[row] * x
 
 
 @njit(inline="always", **_JIT)
@@ -194,12 +201,12 @@ def _recompute(a, b_rows, u_row, dts, order_g, start, stop, h, hs, das):
 
 
 @njit(parallel=True, **_JIT)
-def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, n_chunks,
+def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, starts_all, n_chunks,
               du_rows, ddelta, dA_b, dD_b, dB_p, dC_p):
     """Gradients; each task owns (batch b, group g, chunk of g's rows) and writes only its own slots.
 
-    Per row, a first sweep keeps the state only every SEGMENT steps; the reverse sweep then rebuilds one
-    segment at a time into buffers small enough to stay in L1 (keeping all L states spilled out of L2).
+    The reverse sweep rebuilds one SEGMENT of states at a time, from the segment starts the forward
+    kept, into buffers small enough to stay in L1 (keeping all L states spilled out of L2).
     """
     batch, n_u, length = u.shape
     n_rows, n_state = A.shape
@@ -213,7 +220,6 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, n_chunks,
         chunk = task % n_chunks
         first = g * rows_per_group + (chunk * rows_per_group) // n_chunks
         last = g * rows_per_group + ((chunk + 1) * rows_per_group) // n_chunks
-        starts = np.empty((n_segments, n_state), u.dtype)
         hs = np.empty((SEGMENT, n_state), u.dtype)
         das = np.empty((SEGMENT, n_state), u.dtype)
         h = np.empty(n_state, u.dtype)
@@ -228,11 +234,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, n_chunks,
             a = A[row]
             u_row, dy_row = u[b, c], dy[b, c]
             _step_sizes(delta[b, row], bias[row], softplus, dts)
-            h[:] = zero
-            for seg in range(n_segments):
-                starts[seg] = h
-                start = seg * SEGMENT
-                _recompute(a, b_rows, u_row, dts, order_g, start, min(start + SEGMENT, length), h, hs, das)
+            starts = starts_all[b, row]
             carry[:] = zero
             dA_acc[:] = zero
             dD = zero
@@ -303,15 +305,19 @@ class _FusedScan(torch.autograd.Function):
         Bs, Cs = _padded_state(B, n_padded), _padded_state(C, n_padded)
         _set_threads()
         y = torch.zeros_like(u)
-        _scan_fwd(_np(u), _np(delta), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), _np(y))
-        ctx.save_for_backward(u, delta, A_p, Bs, Cs, D, bias, order)
+        n_segments = -(-u.shape[2] // SEGMENT)
+        shape = (u.shape[0], delta.shape[1], n_segments, n_padded) if any(ctx.needs_input_grad) else (0, 0, 0, 0)
+        starts = torch.empty(shape, dtype=u.dtype)
+        _scan_fwd(_np(u), _np(delta), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), _np(y),
+                  _np(starts))
+        ctx.save_for_backward(u, delta, A_p, Bs, Cs, D, bias, order, starts)
         ctx.softplus = softplus
         ctx.n_state = n_state
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A_p, Bs, Cs, D, bias, order = ctx.saved_tensors
+        u, delta, A_p, Bs, Cs, D, bias, order, starts = ctx.saved_tensors
         batch, n_u, length = u.shape
         n_rows, n_padded = A_p.shape
         groups = Bs.shape[1]
@@ -325,8 +331,8 @@ class _FusedScan(torch.autograd.Function):
         dB_p = torch.zeros(batch, groups, n_chunks, length, n_padded, dtype=u.dtype)
         dC_p = torch.zeros_like(dB_p)
         _scan_bwd(_np(u), _np(delta), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
-                  _np(dy.contiguous()), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b), _np(dD_b), _np(dB_p),
-                  _np(dC_p))
+                  _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b), _np(dD_b),
+                  _np(dB_p), _np(dC_p))
         n = ctx.n_state
         du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
         dB = dB_p.sum(2)[..., :n].transpose(-1, -2)

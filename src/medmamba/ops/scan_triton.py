@@ -71,6 +71,20 @@ def _chunk_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, bias_ptr, A_row, b, row, g, c,
 
 
 @triton.jit
+def _row_setup(A_ptr, g, i, rows_per_group, n_u, N, offs_n, BLOCK_D: tl.constexpr):
+    """Row i of this program's block: its index, input channel, direction, A (zero-padded), validity."""
+    local = tl.program_id(2) * BLOCK_D + i
+    row = g * rows_per_group + local
+    A_row = tl.load(A_ptr + row * N + offs_n, mask=(offs_n < N) & (local < rows_per_group), other=0.0)
+    return row, row % n_u, row // n_u, A_row.to(tl.float32), local < rows_per_group
+
+
+@triton.jit
+def _last_column(x, offs_l, BLOCK_L: tl.constexpr):
+    return tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, x, 0.0), axis=1)
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
                      L, H, W, n_u, n_rows, groups, N,
                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -81,12 +95,8 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
     offs_n = tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
     for i in range(BLOCK_D):
-        local = tl.program_id(2) * BLOCK_D + i
-        if local < rows_per_group:
-            row = g * rows_per_group + local
-            c = row % n_u
-            direction = row // n_u
-            A_row = tl.load(A_ptr + row * N + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+        row, c, direction, A_row, in_group = _row_setup(A_ptr, g, i, rows_per_group, n_u, N, offs_n, BLOCK_D)
+        if in_group:
             D_row = tl.load(D_ptr + row).to(tl.float32)
             h = tl.zeros([BLOCK_N], dtype=tl.float32)
             for l0 in range(0, L, BLOCK_L):
@@ -100,7 +110,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
                     tl.atomic_add(y_ptr + (b * n_u + c) * L + p, y, mask=valid)
                 else:
                     tl.store(y_ptr + (b * n_u + c) * L + p, y, mask=valid)
-                h = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, hs, 0.0), axis=1)
+                h = _last_column(hs, offs_l, BLOCK_L)
 
 
 @triton.jit
@@ -118,12 +128,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
     n_mask = offs_n < N
     # Sweep 1: the state at the start of every chunk, per row (the only thing kept from the forward).
     for i in range(BLOCK_D):
-        local = tl.program_id(2) * BLOCK_D + i
-        if local < rows_per_group:
-            row = g * rows_per_group + local
-            c = row % n_u
-            direction = row // n_u
-            A_row = tl.load(A_ptr + row * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        row, c, direction, A_row, in_group = _row_setup(A_ptr, g, i, rows_per_group, n_u, N, offs_n, BLOCK_D)
+        if in_group:
             h = tl.zeros([BLOCK_N], dtype=tl.float32)
             for chunk in range(0, n_chunks):
                 tl.store(h0_ptr + ((b * n_rows + row) * n_chunks + chunk) * BLOCK_N + offs_n, h)
@@ -132,7 +138,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
                     n_u, n_rows, groups, N, direction, offs_n, offs_l, SOFTPLUS, CROSS)
                 a_cum, b_cum = tl.associative_scan((a, bu), 1, _combine)
                 hs = b_cum + a_cum * h[:, None]
-                h = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, hs, 0.0), axis=1)
+                h = _last_column(hs, offs_l, BLOCK_L)
     # Sweep 2: chunks in reverse; each row's adjoint state q crosses chunk borders in q_carry.
     q_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for rev in range(0, n_chunks):
@@ -141,12 +147,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
         dB_acc = tl.zeros([BLOCK_N, BLOCK_L], dtype=tl.float32)
         dC_acc = tl.zeros([BLOCK_N, BLOCK_L], dtype=tl.float32)
         for i in range(BLOCK_D):
-            local = tl.program_id(2) * BLOCK_D + i
-            if local < rows_per_group:
-                row = g * rows_per_group + local
-                c = row % n_u
-                direction = row // n_u
-                A_row = tl.load(A_ptr + row * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            row, c, direction, A_row, in_group = _row_setup(A_ptr, g, i, rows_per_group, n_u, N, offs_n, BLOCK_D)
+            if in_group:
                 D_row = tl.load(D_ptr + row).to(tl.float32)
                 step, valid, p, u, v, dt, a, bu, Bv, Cv = _chunk_inputs(
                     u_ptr, delta_ptr, B_ptr, C_ptr, bias_ptr, A_row, b, row, g, c, l0, H, W, L, n_u, n_rows,
