@@ -102,11 +102,6 @@ def test_bf16_inputs_keep_float32_state():
     assert rel_err(y.cpu(), ref.cpu()) <= 1e-5  # same bf16 values, float32 arithmetic on both sides
 
 
-def test_model_parity_with_triton_backend(parity):
-    if DEVICE == "cpu":
-        pytest.skip("the whole parity model is too slow for the interpreter; covered on GPU by benchmarks/gpu.py")
-
-
 def test_torch_compile_fullgraph_with_triton_backend():
     # The kernels are custom ops: torch.compile keeps them whole, with no graph break (fullgraph=True).
     from medmamba.models.medmamba import SS2D
