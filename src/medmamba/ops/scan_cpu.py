@@ -12,9 +12,10 @@ a constant 8 or 16 gets fully unrolled first and then stays scalar (measured: 0.
 update). N is zero-padded to a multiple of ``LANES`` (A = 0, B = C = 0 keeps padded states at exactly 0)
 so the vector body needs no remainder. exp and softplus are polynomials for float32 because pip's numba
 has no vector math library (torch's own softplus ran at 6 ns an element here). The forward is parallel
-over (batch, channel); the backward over (batch, group, chunk of rows), each task accumulating its own
-dB/dC so there are no races, and it recomputes each row's states into a small buffer instead of storing
-all (batch, dim, L, N) of them.
+over (batch, block of channels) and keeps the state every SEGMENT steps; the backward is parallel over
+(batch, group, chunk of rows), each task accumulating its own dB/dC so there are no races, and it
+rebuilds one segment of states at a time into L1-sized buffers instead of storing all
+(batch, dim, L, N) of them.
 """
 from __future__ import annotations
 
