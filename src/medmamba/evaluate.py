@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from . import distributed as dist_utils
 from .metrics import classification_metrics
 
-# Published results on the official MedMNIST test splits (../shared/medmnist/README.md).
+# Published results on the official MedMNIST test splits (MedMNIST v2 paper, Table 3; official MedMamba README).
 PUBLISHED = {
     "breastmnist": {"ResNet-18 (28), MedMNIST v2": (0.863, 0.901), "MedMamba, official README": (0.853, 0.825)},
     "pneumoniamnist": {"ResNet-18 (28), MedMNIST v2": (0.854, 0.944), "MedMamba, official README": (0.899, 0.965)},

@@ -7,7 +7,7 @@ so no scanned copies are made, and the four directions are merged into y with at
 
 Each program owns ``BLOCK_D`` rows of one group and walks L in chunks of ``BLOCK_L`` steps; within a chunk
 the recurrence h_t = a_t h_{t-1} + b_t is an associative scan over (a, b) pairs, with the state carried
-between chunks in float32 whatever the input dtype. The backward recomputes: a first sweep stores only
+between chunks in float32 whatever the input dtype. The backward recomputes: the forward stores only
 the state at each chunk start; the reverse sweep rebuilds each chunk's states from it and runs the
 adjoint recurrence q_t = gy_t C_t + a_{t+1} q_{t+1} as a reverse scan. It never needs h_{t-1} itself,
 because a_t h_{t-1} = h_t - b_t. dB and dC are summed over the program's rows in registers and added
@@ -85,10 +85,10 @@ def _last_column(x, offs_l, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
-def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
-                     L, H, W, n_u, n_rows, groups, N,
+def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, h0_ptr,
+                     L, H, W, n_u, n_rows, groups, N, n_chunks,
                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
-                     SOFTPLUS: tl.constexpr, CROSS: tl.constexpr):
+                     SOFTPLUS: tl.constexpr, CROSS: tl.constexpr, KEEP: tl.constexpr):
     b = tl.program_id(0)
     g = tl.program_id(1)
     rows_per_group = n_rows // groups
@@ -99,10 +99,12 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
         if in_group:
             D_row = tl.load(D_ptr + row).to(tl.float32)
             h = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for l0 in range(0, L, BLOCK_L):
+            for chunk in range(0, n_chunks):
+                if KEEP:  # the state at each chunk start: all the backward keeps of the forward
+                    tl.store(h0_ptr + ((b * n_rows + row) * n_chunks + chunk) * BLOCK_N + offs_n, h)
                 step, valid, p, u, v, dt, a, bu, Bv, Cv = _chunk_inputs(
-                    u_ptr, delta_ptr, B_ptr, C_ptr, bias_ptr, A_row, b, row, g, c, l0, H, W, L, n_u, n_rows,
-                    groups, N, direction, offs_n, offs_l, SOFTPLUS, CROSS)
+                    u_ptr, delta_ptr, B_ptr, C_ptr, bias_ptr, A_row, b, row, g, c, chunk * BLOCK_L, H, W, L,
+                    n_u, n_rows, groups, N, direction, offs_n, offs_l, SOFTPLUS, CROSS)
                 a_cum, b_cum = tl.associative_scan((a, bu), 1, _combine)
                 hs = b_cum + a_cum * h[:, None]
                 y = tl.sum(Cv * hs, axis=0) + D_row * u
@@ -126,20 +128,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
     offs_l = tl.arange(0, BLOCK_L)
     offs_d = tl.arange(0, BLOCK_D)
     n_mask = offs_n < N
-    # Sweep 1: the state at the start of every chunk, per row (the only thing kept from the forward).
-    for i in range(BLOCK_D):
-        row, c, direction, A_row, in_group = _row_setup(A_ptr, g, i, rows_per_group, n_u, N, offs_n, BLOCK_D)
-        if in_group:
-            h = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for chunk in range(0, n_chunks):
-                tl.store(h0_ptr + ((b * n_rows + row) * n_chunks + chunk) * BLOCK_N + offs_n, h)
-                step, valid, p, u, v, dt, a, bu, Bv, Cv = _chunk_inputs(
-                    u_ptr, delta_ptr, B_ptr, C_ptr, bias_ptr, A_row, b, row, g, c, chunk * BLOCK_L, H, W, L,
-                    n_u, n_rows, groups, N, direction, offs_n, offs_l, SOFTPLUS, CROSS)
-                a_cum, b_cum = tl.associative_scan((a, bu), 1, _combine)
-                hs = b_cum + a_cum * h[:, None]
-                h = _last_column(hs, offs_l, BLOCK_L)
-    # Sweep 2: chunks in reverse; each row's adjoint state q crosses chunk borders in q_carry.
+    # Chunks in reverse, rebuilt from the chunk-start states the forward kept; each row's adjoint state q
+    # crosses chunk borders in q_carry.
     q_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for rev in range(0, n_chunks):
         chunk = n_chunks - 1 - rev
@@ -207,27 +197,36 @@ def _launch_args(u, delta, A, B, height, width):
 # known output shape (no graph break, no tracing into the launch), and autograd uses the registered backward.
 @torch.library.custom_op("medmamba::triton_scan", mutates_args=())
 def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-             D: torch.Tensor, bias: torch.Tensor, softplus: bool, height: int, width: int) -> torch.Tensor:
+             D: torch.Tensor, bias: torch.Tensor, softplus: bool, height: int, width: int,
+             keep: bool) -> list[torch.Tensor]:
+    """(y, chunk-start states for the backward; empty unless ``keep``)."""
     grid, meta = _launch_args(u, delta, A, B, height, width)
     y = torch.zeros(u.shape, device=u.device, dtype=torch.float32)
-    _scan_fwd_kernel[grid](u, delta, A, B, C, D, bias, y, SOFTPLUS=softplus, CROSS=height > 0, **meta)
-    return y
+    h0 = torch.empty(_h0_shape(delta, meta["BLOCK_N"]) if keep else (0,), device=u.device, dtype=torch.float32)
+    _scan_fwd_kernel[grid](u, delta, A, B, C, D, bias, y, h0, n_chunks=triton.cdiv(u.shape[2], BLOCK_L),
+                           SOFTPLUS=softplus, CROSS=height > 0, KEEP=keep, **meta)
+    return [y, h0]
 
 
 @_scan_op.register_fake
-def _(u, delta, A, B, C, D, bias, softplus, height, width):
-    return u.new_empty(u.shape, dtype=torch.float32)
+def _(u, delta, A, B, C, D, bias, softplus, height, width, keep):
+    block_n = max(triton.next_power_of_2(A.shape[1]), 2)
+    return [u.new_empty(u.shape, dtype=torch.float32),
+            u.new_empty(_h0_shape(delta, block_n) if keep else (0,), dtype=torch.float32)]
+
+
+def _h0_shape(delta, block_n):
+    return (delta.shape[0], delta.shape[1], triton.cdiv(delta.shape[2], BLOCK_L), block_n)
 
 
 @torch.library.custom_op("medmamba::triton_scan_backward", mutates_args=())
-def _scan_backward_op(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                      C: torch.Tensor, D: torch.Tensor, bias: torch.Tensor, softplus: bool, height: int,
-                      width: int) -> list[torch.Tensor]:
+def _scan_backward_op(dy: torch.Tensor, h0: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                      B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, bias: torch.Tensor, softplus: bool,
+                      height: int, width: int) -> list[torch.Tensor]:
     grid, meta = _launch_args(u, delta, A, B, height, width)
     batch, n_rows, length = delta.shape
     n_chunks = triton.cdiv(length, BLOCK_L)
     f32 = dict(device=u.device, dtype=torch.float32)
-    h0 = torch.empty(batch, n_rows, n_chunks, meta["BLOCK_N"], **f32)
     du_rows = torch.empty(delta.shape, **f32)
     ddelta = torch.empty(delta.shape, **f32)
     dA, dB, dC, dD = (torch.zeros(t.shape, **f32) for t in (A, B, C, D))
@@ -239,23 +238,28 @@ def _scan_backward_op(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A:
 
 
 @_scan_backward_op.register_fake
-def _(dy, u, delta, A, B, C, D, bias, softplus, height, width):
+def _(dy, h0, u, delta, A, B, C, D, bias, softplus, height, width):
     return [t.new_empty(t.shape, dtype=torch.float32) for t in (u, delta, A, B, C, D, bias)]
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, bias, softplus, height, width = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, bias)
+    u, delta, A, B, C, D, bias, softplus, height, width, keep = inputs
+    ctx.save_for_backward(output[1], u, delta, A, B, C, D, bias)
     ctx.config = (softplus, height, width)
 
 
-def _backward(ctx, dy):
-    saved = ctx.saved_tensors
-    grads = _scan_backward_op(dy, *saved, *ctx.config)
-    return (*(g.to(t.dtype) for g, t in zip(grads, saved)), None, None, None)
+def _backward(ctx, output_grads):
+    dy = output_grads[0]  # the kept states are not differentiated through
+    h0, *saved = ctx.saved_tensors
+    grads = _scan_backward_op(dy, h0, *saved, *ctx.config)
+    return (*(g.to(t.dtype) for g, t in zip(grads, saved)), None, None, None, None)
 
 
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _prepare(u, delta, A, B, C, D, delta_bias):
@@ -272,7 +276,8 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """``selective_scan`` on CUDA tensors (or any tensors under TRITON_INTERPRET=1)."""
     (u_, delta_, B_, C_), (A_, D_, bias_) = _prepare(u, delta, A, B, C, D, delta_bias)
-    y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), 0, 0)
+    keep = _needs_grad(u_, delta_, A_, B_, C_, D_, bias_)
+    y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), 0, 0, keep)[0]
     if z is not None:
         y = y * torch.nn.functional.silu(z.float())
     return y.to(u.dtype)
@@ -285,5 +290,6 @@ def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delt
     (u_, delta_, B_, C_), (A_, D_, bias_) = _prepare(
         x.reshape(batch, dim, length), delta.reshape(batch, NUM_DIRECTIONS * dim, length), A,
         B.reshape(batch, NUM_DIRECTIONS, -1, length), C.reshape(batch, NUM_DIRECTIONS, -1, length), D, delta_bias)
-    y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), height, width)
+    keep = _needs_grad(u_, delta_, A_, B_, C_, D_, bias_)
+    y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), height, width, keep)[0]
     return y.view(batch, dim, height, width)
