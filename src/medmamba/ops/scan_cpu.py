@@ -30,7 +30,7 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
 from .cross_scan import NUM_DIRECTIONS, scan_order
-from .selective_scan import compute_dtype
+from .selective_scan import compute_dtype, finish_scan
 
 LANES = 8
 CHANNELS = 16  # channels per forward task
@@ -363,9 +363,7 @@ def _identity_orders(groups: int, length: int) -> torch.Tensor:
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """``selective_scan`` on CPU tensors: same arguments and result as the reference."""
     y = _run(u, delta, A, B, C, D, delta_bias, _identity_orders(B.shape[1], u.shape[2]), delta_softplus)
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.to(y.dtype))
-    return y.to(u.dtype)
+    return finish_scan(y, u, None, z, u.dtype)  # D is added in the kernel
 
 
 def cross_selective_scan_cpu(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .cross_scan import NUM_DIRECTIONS
-from .selective_scan import compute_dtype
+from .selective_scan import compute_dtype, finish_scan
 
 
 @triton.jit
@@ -278,9 +278,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     (u_, delta_, B_, C_), (A_, D_, bias_) = _prepare(u, delta, A, B, C, D, delta_bias)
     keep = _needs_grad(u_, delta_, A_, B_, C_, D_, bias_)
     y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), 0, 0, keep)[0]
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.float())
-    return y.to(u.dtype)
+    return finish_scan(y, u, None, z, u.dtype)  # D is added in the kernel
 
 
 def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):

@@ -69,11 +69,11 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         h = torch.exp(dt_t * A) * h + dt_t * B_t.unsqueeze(2) * u_t.view(batch, groups, per_group, 1)
         ys.append((h * C_t.unsqueeze(2)).sum(-1).view(batch, dim))
     y = torch.stack(ys, dim=-1)
-    return _finish(y, u, D, z, dtype_in)
+    return finish_scan(y, u, D, z, dtype_in)
 
 
-def _finish(y, u, D, z, dtype_in):
-    """The parts every backend shares: skip connection, gate, output dtype."""
+def finish_scan(y, u, D, z, dtype_in):
+    """The parts every backend shares: skip connection (unless the kernel added it), gate, output dtype."""
     if D is not None:
         y = y + u.to(y.dtype) * D.to(y.dtype)[:, None]
     if z is not None:
