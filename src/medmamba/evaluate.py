@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import distributed as dist_utils
+from .files import atomic_write_text
 from .metrics import classification_metrics
 
 # Published results on the official MedMNIST test splits (MedMNIST v2 paper, Table 3; official MedMamba README).
@@ -94,18 +95,12 @@ def write_report(out_dir: str | os.PathLike, m: dict, labels, probs, class_names
         plot_confusion_matrix(np.array(m["confusion_matrix"]), class_names, paths["confusion_matrix"], title)
     plot_roc(labels, probs, class_names, m["task"], paths["roc"], title)
     payload = {"title": title, **(extra or {}), "metrics": m}
-    _atomic_write(paths["json"], json.dumps(payload, indent=1))
+    atomic_write_text(paths["json"], json.dumps(payload, indent=1))
     md = [f"# {title}", "", metrics_table(m), ""]
     if dataset_name in PUBLISHED:
         md += ["Published results on the same test split (MedMNIST's ACC/AUC rules):", "",
                published_table(dataset_name, m), ""]
     md += [f"![ROC]({paths['roc'].name})"] + ([f"![confusion matrix]({paths['confusion_matrix'].name})"]
                                               if "confusion_matrix" in paths else [])
-    _atomic_write(paths["md"], "\n".join(md) + "\n")
+    atomic_write_text(paths["md"], "\n".join(md) + "\n")
     return paths
-
-
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

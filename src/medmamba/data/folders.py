@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..files import atomic_write_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
@@ -129,10 +130,9 @@ def image_folder_splits(root: str | os.PathLike, channels: int = 3, seed: int = 
         return {k: [by_path[p] for p in v] for k, v in saved["splits"].items()}, saved["classes"]
     idx = stratified_split(np.array([label for _, label in samples]), seed=seed)
     splits = {k: [samples[i] for i in v] for k, v in idx.items()}
-    tmp = split_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"seed": seed, "classes": classes,
-                               "splits": {k: [rel[i] for i in v] for k, v in idx.items()}}, indent=1))
-    os.replace(tmp, split_path)
+    atomic_write_text(split_path, json.dumps({"seed": seed, "classes": classes,
+                                              "splits": {k: [rel[i] for i in v] for k, v in idx.items()}},
+                                             indent=1))
     return splits, classes
 
 
