@@ -2,7 +2,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import medmamba
 from medmamba import CheckpointError, MedMamba, create_model, load_checkpoint
 
 

@@ -1,8 +1,5 @@
 import http.server
-import io
 import threading
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,31 +22,22 @@ def _info(args) -> int:
 
 def _demo(args) -> int:
     """Forward pass of MedMamba on real MedMNIST images: shapes, backend and throughput."""
-    import numpy as np
     import torch
-    import torch.nn.functional as F
 
     import medmamba
-    root = args.data_root or os.environ.get(DATA_ENV)
-    if not root:
-        print(f"error: give --data-root or set {DATA_ENV} to the folder holding {args.dataset}.npz", file=sys.stderr)
-        return 2
-    path = Path(root) / f"{args.dataset}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            images, labels = data["test_images"][: args.batch_size], data["test_labels"][: args.batch_size]
-    except (OSError, KeyError, ValueError) as e:
-        print(f"error: cannot read test images from {path}: {e}", file=sys.stderr)
-        return 2
-    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
-    x = F.interpolate(x, size=(args.img_size, args.img_size), mode="bilinear", align_corners=False)
-    x = (x - 0.5) / 0.5
-    model = medmamba.create_model(args.model, num_classes=2, in_chans=1, scan_backend=args.backend).eval()
+    from .data import MedMNIST, build_transform
+    from .data.medmnist import data_root
+    data = MedMNIST(args.dataset, "test", data_root(args.data_root))
+    data.transform = build_transform(args.img_size, data.info.n_channels, train=False)
+    n = min(args.batch_size, len(data))
+    x = torch.stack([data[i][0] for i in range(n)])
+    model = medmamba.create_model(args.model, num_classes=data.info.num_classes, in_chans=data.info.n_channels,
+                                  scan_backend=args.backend).eval()
     backend = medmamba.ops.resolve_backend(args.backend, x.device).name
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: {n_params / 1e6:.2f} M parameters, scan backend '{backend}', "
           f"{torch.get_num_threads()} threads")
-    print(f"{len(x)} {args.dataset} test images, {tuple(images.shape[1:])} -> {tuple(x.shape[1:])}")
+    print(f"{n} {args.dataset} test images, {tuple(data.images.shape[1:])} -> {tuple(x.shape[1:])}")
     with torch.no_grad():
         model(x[:1])  # JIT warm-up, not timed
         start = time.perf_counter()
@@ -57,9 +47,9 @@ def _demo(args) -> int:
     print("stage feature maps:", ", ".join(str(tuple(m.shape[1:])) for m in stages))
     probs = logits.softmax(-1)
     print(f"logits {tuple(logits.shape)}, finite: {bool(torch.isfinite(logits).all())}; "
-          f"{len(x) / elapsed:.1f} images/s")
+          f"{n / elapsed:.1f} images/s")
     print("untrained model (random weights): class-1 probability of the first images:",
-          " ".join(f"{p:.3f}" for p in probs[:8, 1].tolist()), "| labels:", labels[:8, 0].tolist())
+          " ".join(f"{p:.3f}" for p in probs[:8, 1].tolist()), "| labels:", data.labels[:8].tolist())
     return 0
 
 

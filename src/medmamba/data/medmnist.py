@@ -127,7 +127,7 @@ def medmnist_file(name: str, root=None, size: int = 28, download_missing: bool =
     entry = info.files[size]
     if not download_missing:
         raise DataError(f"{path} not found. Put the official {info.filename(size)} (MD5 {entry['md5']}) there, "
-                        f"or allow downloading (--download) from {entry['url']}")
+                        f"or allow downloading (config data.download=true) from {entry['url']}")
     return download(url or entry["url"], path, entry["md5"])
 
 

@@ -7,7 +7,6 @@ checkpoints load with ``strict=True``.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Callable, Optional, Sequence
 
 import torch
