@@ -13,7 +13,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -81,7 +81,6 @@ class TrainState:
     bad_epochs: int = 0
     loss_sum: float = 0.0        # this epoch's training loss so far, so a resumed epoch reports it whole
     loss_count: int = 0
-    history: list = field(default_factory=list)
 
 
 def seed_everything(seed: int):
@@ -286,7 +285,7 @@ class Trainer:
                      "scaler": self.scaler.state_dict(), "rng": rng_state(), "train": vars(self.state),
                      "world_size": self.world}
             torch.save(state, tmp / "state.pt")
-            (tmp / "meta.json").write_text(json.dumps({k: v for k, v in vars(self.state).items() if k != "history"}))
+            (tmp / "meta.json").write_text(json.dumps(vars(self.state)))
         self._write_checkpoint(name, files)
 
     def _load_checkpoint(self):
@@ -413,7 +412,6 @@ class Trainer:
                    "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"], "val_f1": val["f1"],
                    "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
                    "best_epoch": self.state.best_epoch, "seconds": time.time() - t0}
-            self.state.history.append({k: row[k] for k in ("epoch", "train_loss", "val_loss", "val_acc", "val_auc")})
             self._log(row)
             if improved:
                 self._save_best()
