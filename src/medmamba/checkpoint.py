@@ -1,6 +1,7 @@
 """Load weights safely: official ``.pth`` layouts and safetensors, never arbitrary pickles."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -10,8 +11,10 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .files import atomic_path, atomic_write_text
 
-__all__ = ["CheckpointError", "load_checkpoint", "read_state_dict"]
+__all__ = ["CheckpointError", "load_checkpoint", "read_model_config", "read_state_dict", "resolve_weights",
+           "save_pretrained"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 
@@ -110,3 +113,54 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, new_head_ok: bool
     if head_reinitialised:
         assert all(k.startswith("head.") for k in result.missing_keys) and not result.unexpected_keys
     return model
+
+
+MODEL_CONFIG = "model.json"
+WEIGHTS = "model.safetensors"
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """A weights file from what users point at: the file itself, a checkpoint folder holding
+    ``model.safetensors``, or a training output folder (its best checkpoint)."""
+    path = Path(path)
+    for candidate in (path, path / WEIGHTS, path / "checkpoints" / "best" / WEIGHTS):
+        if candidate.is_file():
+            return candidate
+    if path.is_dir():
+        raise CheckpointError(f"{path}: holds no {WEIGHTS} (nor checkpoints/best/{WEIGHTS} of a training run)")
+    raise CheckpointError(f"checkpoint not found: {path}")
+
+
+def read_model_config(weights: str | os.PathLike) -> dict | None:
+    """The JSON config saved beside a weights file (``name.json``, else ``model.json``), or None."""
+    weights = Path(weights)
+    for candidate in (weights.with_suffix(".json"), weights.parent / MODEL_CONFIG):
+        if candidate.is_file():
+            try:
+                config = json.loads(candidate.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{candidate}: not a readable model config ({e})") from None
+            if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+                raise CheckpointError(f"{candidate}: a model config needs at least {{\"model\": \"medmamba_t\", ...}}")
+            return config
+    return None
+
+
+def save_pretrained(model: nn.Module, config: dict, path: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``model``'s weights as safetensors and ``config`` (model name, num_classes, in_chans, classes,
+    preprocessing...) as JSON beside it with the same stem: what ``create_model(name, pretrained=path)`` and
+    ``medmamba.load_model(path)`` read back. Both files are written atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path / WEIGHTS
+    config_path = path.with_suffix(".json")
+    taken = [str(p) for p in (path, config_path) if p.exists()]
+    if taken and not overwrite:
+        raise CheckpointError(f"{' and '.join(taken)} exist; pass overwrite=True (--overwrite) to replace them")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "model": str(config.get("model", ""))})
+    atomic_write_text(config_path, json.dumps(config, indent=1))
+    return path, config_path

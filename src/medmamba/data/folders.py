@@ -15,14 +15,17 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..files import atomic_write_text
+from .dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"} | DICOM_SUFFIXES
 
 
 def read_image(path: str | os.PathLike, channels: int) -> torch.Tensor:
     """An image file as a float tensor (channels, H, W) in [0, 1]: EXIF orientation applied, 8- or 16-bit,
-    grey or colour converted to ``channels`` (1 or 3). Unreadable files and decompression bombs raise
-    DataError naming the file."""
+    grey or colour converted to ``channels`` (1 or 3); DICOM through ``read_dicom`` (rescaled, windowed).
+    Unreadable files and decompression bombs raise DataError naming the file."""
+    if is_dicom(path):
+        return _to_channels(read_dicom(path), channels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -36,14 +39,17 @@ def read_image(path: str | os.PathLike, channels: int) -> torch.Tensor:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, dtype=np.float32) / (65535.0 if img.mode.startswith("I;16") else
                                                       max(float(np.asarray(img).max()), 1.0))
-        array = array[..., None]
     elif img.mode == "F":
-        array = np.asarray(img, dtype=np.float32)[..., None]
+        array = np.asarray(img, dtype=np.float32)
     else:
         img = img.convert("L" if channels == 1 else "RGB")
         array = np.asarray(img, dtype=np.float32) / 255.0
-        array = array[..., None] if array.ndim == 2 else array
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    return _to_channels(array, channels)
+
+
+def _to_channels(array: np.ndarray, channels: int) -> torch.Tensor:
+    array = array[..., None] if array.ndim == 2 else array
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
     if tensor.shape[0] != channels:
         tensor = tensor.mean(0, keepdim=True) if channels == 1 else tensor.expand(channels, -1, -1)
     return tensor.contiguous()

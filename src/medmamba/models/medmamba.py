@@ -338,6 +338,18 @@ def _build(variant: str, pretrained=None, features_only=False, **kwargs):
     # timm passes its own bookkeeping to every entry point; none of it applies here.
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "cache_dir"):
         kwargs.pop(key, None)
+    config = None
+    if pretrained and not isinstance(pretrained, bool):
+        from ..checkpoint import read_model_config
+        config = read_model_config(pretrained)
+        if config is not None:
+            if config["model"] != variant:
+                raise ValueError(f"{pretrained} holds {config['model']} weights, not {variant}")
+            # The saved config fills in what the caller left out (class count, channels, variant overrides).
+            for key, value in {**config.get("model_args", {}), "num_classes": config.get("num_classes"),
+                               "in_chans": config.get("in_chans")}.items():
+                if value is not None:
+                    kwargs.setdefault(key, value)
     cfg = {**VARIANTS[variant], **kwargs}
     if features_only:
         model = MedMambaFeatures(**cfg)
@@ -347,6 +359,8 @@ def _build(variant: str, pretrained=None, features_only=False, **kwargs):
     if pretrained and not isinstance(pretrained, bool):
         from ..checkpoint import load_checkpoint
         load_checkpoint(model, pretrained)
+        if config is not None:
+            model.pretrained_cfg = config
     elif pretrained is True:
         raise ValueError(f"{variant}: pretrained=True needs a path; no weights are downloaded. "
                          "Pass pretrained='path/to/checkpoint.pth' (or .safetensors).")

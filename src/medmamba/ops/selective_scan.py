@@ -119,6 +119,11 @@ def _load_mamba_ssm():
     return scan
 
 
+def _load_chunked():
+    from . import scan_chunked
+    return scan_chunked.selective_scan_chunked
+
+
 def _load_cpu():
     from . import scan_cpu
     return scan_cpu.selective_scan_cpu
@@ -155,6 +160,8 @@ def _triton_importable() -> bool:
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", lambda: True, lambda: selective_scan_reference),
+    # Plain tensor operations with a fixed loop: what ONNX export uses. Never chosen by "auto".
+    "chunked": Backend("chunked", lambda: True, _load_chunked),
     "cpu": Backend("cpu", _numba_importable, _load_cpu, _load_cpu_cross, devices=("cpu",),
                    why_unavailable="numba is not importable"),
     "triton": Backend("triton", _triton_importable, _load_triton, _load_triton_cross, devices=("cuda",),

@@ -1,0 +1,87 @@
+"""Grad-CAM for MedMamba: where in the image the evidence for a class lies.
+
+For a stage's feature map A (after its SS-Conv-SSM blocks, before Patch-M) and a class score y_c,
+
+    weight_k = mean over pixels of d y_c / d A_k,      map = ReLU(sum_k weight_k A_k),
+
+upsampled to the input and scaled to [0, 1] (Selvaraju et al., 2017).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .files import atomic_path
+
+
+@dataclass
+class GradCam:
+    maps: torch.Tensor           # (batch, H, W) in [0, 1], at the input's resolution
+    targets: torch.Tensor        # (batch,) class explained
+    probabilities: torch.Tensor  # (batch, classes)
+
+
+def grad_cam(model: torch.nn.Module, images: torch.Tensor, target: Optional[int | Sequence[int]] = None,
+             stage: int = -1, multi_label: bool = False) -> GradCam:
+    """Grad-CAM maps of ``images`` (batch, channels, H, W) for class ``target`` (default: each image's
+    predicted class) from stage ``stage`` (default: the last). Works in eval mode without changing the model."""
+    n = len(model.layers)
+    if not -n <= stage < n:
+        raise ValueError(f"stage {stage} does not exist; the model has stages 0..{n - 1}")
+    captured = {}
+
+    def keep(_module, _inputs, output):
+        captured["map"] = output
+
+    # The last block's output is the stage's map before Patch-M: what forward_stages calls the stage.
+    hook = model.layers[stage].blocks[-1].register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            # A graph through the input too, so frozen weights (requires_grad False) still give gradients.
+            logits = model(images.detach().requires_grad_(True)).float()
+            probs = logits.sigmoid() if multi_label else logits.softmax(-1)
+            if target is None:
+                targets = logits.argmax(-1)
+            else:
+                targets = torch.as_tensor(target, device=logits.device).long().expand(len(images)).clone()
+                if (targets < 0).any() or (targets >= logits.shape[1]).any():
+                    raise ValueError(f"target class {target} is not among the model's {logits.shape[1]} classes")
+            score = logits.gather(1, targets[:, None]).sum()
+            activation = captured["map"]                                   # (batch, h, w, C), channels last
+            gradient, = torch.autograd.grad(score, activation)
+    finally:
+        hook.remove()
+    weights = gradient.mean(dim=(1, 2), keepdim=True)
+    cam = F.relu((weights * activation).sum(-1)).detach()                  # (batch, h, w)
+    cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return GradCam(maps=cam / peak, targets=targets.detach(), probabilities=probs.detach())
+
+
+def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The map in the 'jet' colour scale blended over the image: (H, W, 3) uint8. ``image`` is (C, H, W) or
+    (H, W) in [0, 1]; the map is resized to it."""
+    from matplotlib import colormaps
+    image = torch.as_tensor(image, dtype=torch.float32)
+    image = image[None] if image.dim() == 2 else image
+    grey_or_rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    cam = torch.as_tensor(cam, dtype=torch.float32)
+    if cam.shape != image.shape[-2:]:
+        cam = F.interpolate(cam[None, None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    heat = torch.from_numpy(colormaps["jet"](cam.clamp(0, 1).numpy())[..., :3]).float().permute(2, 0, 1)
+    blended = (1 - alpha) * grey_or_rgb.clamp(0, 1) + alpha * heat
+    return (blended.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    from PIL import Image
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return path

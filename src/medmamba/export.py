@@ -1,0 +1,83 @@
+"""Deploy outside PyTorch: ONNX with a dynamic batch, checked against PyTorch with onnxruntime.
+
+The fused scan backends are opaque kernels that ONNX cannot express, so the exported graph uses the
+``chunked`` scan (``ops/scan_chunked.py``): the same recurrence in plain tensor operations. The image size
+is fixed at export (each stage's scan length follows from it); the batch is dynamic.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import MedMambaError
+from .files import atomic_path
+
+ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
+
+
+@dataclass
+class OnnxCheck:
+    max_abs_diff: float          # largest |onnxruntime - PyTorch| over every logit of every check batch
+    batches: list[int]           # batch sizes checked (more than one: the batch dimension is dynamic)
+    inputs: str                  # what was fed: random, real images, or both
+
+
+def _require(module: str, extra: str = "onnx"):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise MedMambaError(f"ONNX export needs {module} (pip install \"medmamba[{extra}]\")") from None
+
+
+def export_onnx(model: torch.nn.Module, path: str | os.PathLike, img_size: int | Sequence[int],
+                opset: int = 18, overwrite: bool = False) -> Path:
+    """Write ``model`` (any MedMamba) as ONNX: input ``image`` (batch, channels, H, W), output ``logits``."""
+    _require("onnx")
+    _require("onnxscript")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MedMambaError(f"{path} exists; pass --overwrite to replace it")
+    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+    exportable = copy.deepcopy(model).cpu().float().eval()
+    exportable.set_scan_backend("chunked")
+    example = torch.zeros(2, exportable.in_chans, height, width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's progress chatter and deprecation notices
+        program = torch.onnx.export(exportable, (example,), dynamo=True, opset_version=opset, optimize=False,
+                                    input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+        program.save(str(tmp), external_data=False)
+    return path
+
+
+def check_onnx(path: str | os.PathLike, model: torch.nn.Module, images: Optional[torch.Tensor] = None,
+               batches: Sequence[int] = (1, 3), seed: int = 0) -> OnnxCheck:
+    """Run the ONNX file with onnxruntime and ``model`` with PyTorch on the same inputs: random images at
+    each batch size in ``batches`` and, when given, ``images`` (real, preprocessed)."""
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    channels, height, width = (int(s) for s in shape[1:])
+    generator = torch.Generator().manual_seed(seed)
+    feeds = [torch.randn(b, channels, height, width, generator=generator) for b in batches]
+    if images is not None:
+        feeds.append(images.float().cpu())
+    model = model.eval()
+    worst = 0.0
+    for x in feeds:
+        with torch.no_grad():
+            expected = model(x.to(next(model.parameters()).device)).float().cpu().numpy()
+        got = session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return OnnxCheck(max_abs_diff=worst, batches=[len(x) for x in feeds],
+                     inputs="random and real images" if images is not None else "random")

@@ -1,0 +1,189 @@
+"""Run a trained MedMamba on image files: load it with its preprocessing, predict, write a CSV.
+
+    predictor = Predictor.from_checkpoint("runs/breastmnist/")        # or .../model.safetensors
+    result = predictor.predict_files(["scans/", "more/*.png"])
+    result.write_csv("predictions.csv")
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import read_model_config, resolve_weights
+from .data.folders import IMAGE_SUFFIXES, read_image
+from .data.transforms import build_transform
+from .errors import CheckpointError, DataError
+from .files import atomic_write_text
+from .models import create_model
+
+MULTI_LABEL = "multi-label, binary-class"
+
+
+def load_model(path: str | os.PathLike, scan_backend: str = "auto", device=None) -> torch.nn.Module:
+    """A trained model, in eval mode, from a weights file with its JSON config, a checkpoint folder or a
+    training run folder; ``model.pretrained_cfg`` holds the config (classes, img_size, mean, std...)."""
+    weights = resolve_weights(path)
+    config = read_model_config(weights)
+    if config is None:
+        raise CheckpointError(f"{weights}: no model.json (or {weights.stem}.json) beside it to say which model it "
+                              f"holds; build it with create_model(name, pretrained=..., num_classes=...) instead")
+    model = create_model(config["model"], pretrained=weights, scan_backend=scan_backend)
+    return model.to(device or "cpu").eval()
+
+
+def collect_inputs(items: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image paths from files, folders (searched recursively for image and DICOM files) and glob patterns,
+    in a stable order without repeats; plus (item, reason) for each item that names nothing."""
+    found, missing, seen = [], [], set()
+
+    def add(p: Path):
+        key = str(p)
+        if key not in seen:
+            seen.add(key)
+            found.append(key)
+
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                missing.append((str(item), "folder holds no image files"))
+            for p in files:
+                add(p)
+        elif path.is_file():
+            add(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
+            if not matches:
+                missing.append((str(item), "no such file, folder or glob match"))
+            for p in matches:
+                add(p)
+    return found, missing
+
+
+class _Files(Dataset):
+    """Decoded, preprocessed images; a file that cannot be read yields its error instead of stopping the run."""
+
+    def __init__(self, paths: Sequence[str], channels: int, transform):
+        self.paths, self.channels, self.transform = paths, channels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return i, self.transform(read_image(self.paths[i], self.channels)), None
+        except DataError as e:
+            return i, None, str(e).removeprefix(f"{self.paths[i]}: ")
+        except Exception as e:  # a transform failing on a degenerate image (e.g. 0 pixels wide)
+            return i, None, f"cannot be prepared ({type(e).__name__}: {e})"
+
+
+def _collate(items):
+    good = [(i, x) for i, x, err in items if err is None]
+    failed = [(i, err) for i, x, err in items if err is not None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, failed
+
+
+@dataclass
+class PredictionResult:
+    paths: list[str]
+    probabilities: np.ndarray            # (images, classes)
+    classes: list[str]
+    multi_label: bool
+    failures: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.paths) / self.seconds if self.seconds > 0 else float("nan")
+
+    def predicted(self) -> list[str]:
+        if self.multi_label:
+            return [";".join(c for c, p in zip(self.classes, row) if p >= 0.5) for row in self.probabilities]
+        return [self.classes[k] for k in self.probabilities.argmax(1)] if len(self.paths) else []
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["path", *(f"prob_{c}" for c in self.classes), "predicted"])
+        for path, row, label in zip(self.paths, self.probabilities, self.predicted()):
+            writer.writerow([path, *(f"{p:.6f}" for p in row), label])
+        return out.getvalue()
+
+    def write_csv(self, path: str | os.PathLike) -> Path:
+        atomic_write_text(path, self.to_csv())
+        return Path(path)
+
+
+class Predictor:
+    """A model with the preprocessing it was trained with (size, normalisation, channels) and its classes."""
+
+    def __init__(self, model: torch.nn.Module, config: Optional[dict] = None, device=None):
+        config = dict(config or getattr(model, "pretrained_cfg", None) or {})
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.channels = int(config.get("in_chans", model.in_chans))
+        self.img_size = int(config.get("img_size", 224))
+        self.classes = [str(c) for c in config.get("classes") or range(model.num_classes)]
+        self.multi_label = config.get("task") == MULTI_LABEL
+        self.transform = build_transform(self.img_size, self.channels, train=False,
+                                         mean=config.get("mean", 0.5), std=config.get("std", 0.5))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, scan_backend: str = "auto", device=None) -> "Predictor":
+        model = load_model(path, scan_backend=scan_backend)
+        return cls(model, model.pretrained_cfg, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor) -> np.ndarray:
+        """Preprocessed (batch, channels, img_size, img_size) images -> class probabilities."""
+        logits = self.model(images.to(self.device)).float()
+        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+        return probs.cpu().numpy()
+
+    def warm_up(self):
+        """One tiny forward pass, so JIT compilation is not counted as prediction time."""
+        self.predict_batch(torch.zeros(1, self.channels, self.img_size, self.img_size))
+
+    def predict_files(self, items: Iterable[str | os.PathLike], batch_size: int = 32, workers: int = 0,
+                      progress: bool = False) -> PredictionResult:
+        """Predict every image that ``items`` (files, folders, globs) names; unreadable ones are skipped and
+        listed in ``failures`` with the reason. Raises DataError when nothing could be found at all."""
+        paths, failures = collect_inputs(items)
+        if not paths:
+            raise DataError("no images to predict: " + "; ".join(f"{p}: {why}" for p, why in failures))
+        self.warm_up()
+        loader = DataLoader(_Files(paths, self.channels, self.transform), batch_size=batch_size,
+                            num_workers=workers, collate_fn=_collate)
+        done, probs = [], []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(paths), unit="img", desc="predict")
+        start = time.perf_counter()
+        for index, images, failed in loader:
+            if images is not None:
+                probs.append(self.predict_batch(images))
+                done += index
+            failures += [(paths[i], reason) for i, reason in failed]
+            if bar is not None:
+                bar.update(len(index) + len(failed))
+        seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        return PredictionResult(paths=[paths[i] for i in done],
+                                probabilities=np.concatenate(probs) if probs else np.zeros((0, len(self.classes))),
+                                classes=self.classes, multi_label=self.multi_label, failures=failures,
+                                seconds=seconds)

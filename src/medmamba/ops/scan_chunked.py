@@ -1,0 +1,74 @@
+"""The selective scan as a short fixed loop of plain tensor operations, so that ONNX can express it.
+
+The L steps are cut into n chunks of T (T, n ~ sqrt(L)). With a_t = exp(Delta_t A) and
+b_t = Delta_t B_t u_t, the state at step t of chunk c is
+
+    h_t = l_t + exp(A * sum_{r <= t in c} Delta_r) * H_{c-1},
+
+where l_t is the scan of chunk c started from zero and H_{c-1} the state at the end of chunk c-1:
+
+1. T steps, all chunks at once:  l_t = a_t l_{t-1} + b_t,   y_t = <C_t, l_t>;
+2. n steps over chunks:          H_c = exp(A * sum_{r in c} Delta_r) H_{c-1} + l_end(c);
+3. T steps, all chunks at once:  y_t += <C_t, exp(A * sum_{r <= t in c} Delta_r) H_{c-1}>.
+
+Every exponent is <= 0 (no overflow, whatever the step size) and no (batch, dim, L, N) tensor is
+formed. A traced graph unrolls about 3 sqrt(L) steps instead of L (MedMamba's L is fixed by the image
+size), with a dynamic batch. Training uses the fused backends; this one suits export and inference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .selective_scan import compute_dtype, finish_scan
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           chunk: int | None = None):
+    """Same contract as ``selective_scan_reference``; ``chunk`` (default ceil(sqrt(L))) only changes speed."""
+    dtype_in = u.dtype
+    ct = compute_dtype(dtype_in)
+    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, length = u.shape
+    groups, n = B.shape[1], A.shape[1]
+    per_group = dim // groups
+    steps = chunk or math.isqrt(length - 1) + 1
+    chunks = -(-length // steps)
+    pad = chunks * steps - length  # padded steps have Delta = 0: decay 1, no input, so nothing changes
+
+    def by_chunk(t):  # (..., L) -> (..., chunks, steps)
+        return F.pad(t, (0, pad)).unflatten(-1, (chunks, steps))
+
+    A = A.view(groups, per_group, 1, n)
+    delta = by_chunk(delta.view(batch, groups, per_group, length))       # (b, g, p, chunks, T)
+    drive = by_chunk(u.view(batch, groups, per_group, length)) * delta
+    B = by_chunk(B).unsqueeze(2)                                         # (b, g, 1, N, chunks, T)
+    C = by_chunk(C).unsqueeze(2)
+
+    local = u.new_zeros(batch, groups, per_group, chunks, n)
+    ys = []
+    for t in range(steps):
+        local = torch.exp(delta[..., t, None] * A) * local + drive[..., t, None] * B[..., t].transpose(-1, -2)
+        ys.append((local * C[..., t].transpose(-1, -2)).sum(-1))
+
+    chunk_decay = torch.exp(delta.sum(-1, keepdim=True) * A)             # (b, g, p, chunks, N)
+    state = u.new_zeros(batch, groups, per_group, n)
+    before = []
+    for c in range(chunks):
+        before.append(state)
+        state = chunk_decay[..., c, :] * state + local[..., c, :]
+    before = torch.stack(before, dim=-2)                                 # H_{c-1}: (b, g, p, chunks, N)
+
+    elapsed = delta.cumsum(-1)
+    for t in range(steps):
+        carried = torch.exp(elapsed[..., t, None] * A) * before
+        ys[t] = ys[t] + (carried * C[..., t].transpose(-1, -2)).sum(-1)
+
+    y = torch.stack(ys, dim=-1).flatten(-2)[..., :length].reshape(batch, dim, length)
+    return finish_scan(y, u, D, z, dtype_in)
