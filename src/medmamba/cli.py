@@ -111,6 +111,115 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _predictor(args):
+    from .inference import Predictor
+    return Predictor.from_checkpoint(args.checkpoint, scan_backend=args.backend, device=args.device)
+
+
+def _predict(args) -> int:
+    import torch
+
+    from .errors import MedMambaError
+    from .ops import resolve_backend
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise MedMambaError(f"{out} exists; pass --overwrite to replace it")
+    predictor = _predictor(args)
+    result = predictor.predict_files(args.inputs, batch_size=args.batch_size, workers=args.workers, progress=True)
+    result.write_csv(out)
+    for path, reason in result.failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    backend = resolve_backend(args.backend, predictor.device).name
+    print(f"wrote {out}: {len(result.paths)} images predicted, {len(result.failures)} skipped; "
+          f"{result.images_per_second:.1f} images/s (reading + preprocessing + model, JIT warm-up excluded; "
+          f"{predictor.device}, scan backend {backend}, {torch.get_num_threads()} threads)")
+    return 1 if result.failures else 0
+
+
+def _explain(args) -> int:
+    import csv
+    import io
+
+    from .data.folders import read_image
+    from .errors import DataError, MedMambaError
+    from .explain import grad_cam, overlay, save_png
+    from .files import atomic_write_text
+    from .inference import collect_inputs
+    predictor = _predictor(args)
+    target = None
+    if args.target is not None:
+        if args.target in predictor.classes:
+            target = predictor.classes.index(args.target)
+        elif args.target.isdigit() and int(args.target) < len(predictor.classes):
+            target = int(args.target)
+        else:
+            raise MedMambaError(f"--target {args.target!r} is neither a class name nor an index; classes: "
+                                f"{', '.join(predictor.classes)}")
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise MedMambaError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    paths, failures = collect_inputs(args.inputs)
+    if not paths:
+        raise DataError("no images to explain: " + "; ".join(f"{p}: {why}" for p, why in failures))
+    rows, used = [], set()
+    from tqdm.auto import tqdm
+    for path in tqdm(paths, unit="img", desc="grad-cam"):
+        try:
+            image = read_image(path, predictor.channels)
+            x = predictor.transform(image)[None].to(predictor.device)
+        except DataError as e:
+            failures.append((path, str(e).removeprefix(f"{path}: ")))
+            continue
+        cam = grad_cam(predictor.model, x, target=target, stage=args.stage, multi_label=predictor.multi_label)
+        name = Path(path).stem
+        while name in used:  # same file name in two folders
+            name += "_"
+        used.add(name)
+        png = save_png(out / f"{name}_gradcam.png", overlay(image, cam.maps[0].cpu()))
+        k = int(cam.targets[0])
+        rows.append([path, str(png), predictor.classes[k], f"{float(cam.probabilities[0, k]):.6f}"])
+    table = io.StringIO()
+    csv.writer(table, lineterminator="\n").writerows([["path", "gradcam_png", "class", "probability"], *rows])
+    atomic_write_text(out / "gradcam.csv", table.getvalue())
+    for path, reason in failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    stage = args.stage % len(predictor.model.layers)
+    print(f"wrote {len(rows)} Grad-CAM overlays (stage {stage}) and {out / 'gradcam.csv'}; {len(failures)} skipped")
+    return 1 if failures else 0
+
+
+def _export(args) -> int:
+    import torch
+
+    from .checkpoint import save_pretrained
+    from .inference import collect_inputs
+    predictor = _predictor(args)
+    config = dict(predictor.model.pretrained_cfg)
+    if args.format == "safetensors":
+        weights, config_path = save_pretrained(predictor.model, config, args.output, overwrite=args.overwrite)
+        print(f"wrote {weights} and {config_path}; load with "
+              f"medmamba.create_model({config['model']!r}, pretrained={str(weights)!r})")
+        return 0
+    from .data.folders import read_image
+    from .export import export_onnx
+    images = None
+    if args.check_images:
+        paths, _ = collect_inputs(args.check_images)
+        images = torch.stack([predictor.transform(read_image(p, predictor.channels)) for p in paths[:16]])
+    img_size = args.img_size or predictor.img_size
+    config["img_size"] = img_size
+    print(f"exporting {config['model']} at {img_size}x{img_size} px to ONNX (opset {args.opset}); "
+          "this takes a minute or more", flush=True)
+    path, check = export_onnx(predictor.model, args.output, img_size, opset=args.opset, overwrite=args.overwrite,
+                              check_images=images, metadata=config)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input 'image' (batch, {predictor.channels}, "
+          f"{img_size}, {img_size}), output 'logits'; dynamic batch")
+    print(f"onnxruntime vs PyTorch: max abs difference {check.max_abs_diff:.3g} on {check.inputs} "
+          f"(batches {', '.join(map(str, check.batches))})")
+    return 0
+
+
 def torch_cuda() -> bool:
     import torch
     return torch.cuda.is_available()
@@ -147,6 +256,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
     ev.add_argument("overrides", nargs="*", help="config overrides for the data, e.g. data.root=...")
     ev.set_defaults(func=_evaluate)
+    def add_model_options(p):
+        p.add_argument("checkpoint", help="weights with model.json beside them, a checkpoint folder, or a training run")
+        p.add_argument("--backend", default="auto", help="selective-scan backend (see `medmamba info`)")
+        p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    pred = sub.add_parser("predict", help="class probabilities for image files (PNG/JPEG/TIFF/DICOM) as CSV")
+    add_model_options(pred)
+    pred.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    pred.add_argument("--output", required=True, help="CSV to write (path, prob_<class>..., predicted)")
+    pred.add_argument("--batch-size", type=int, default=32)
+    pred.add_argument("--workers", type=int, default=0, help="image-reading processes")
+    pred.add_argument("--overwrite", action="store_true")
+    pred.set_defaults(func=_predict)
+
+    exp = sub.add_parser("explain", help="Grad-CAM maps overlaid on the images, as PNG")
+    add_model_options(exp)
+    exp.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    exp.add_argument("--output", required=True, help="folder for <image>_gradcam.png and gradcam.csv")
+    exp.add_argument("--target", help="class (name or index) to explain; default: each image's prediction")
+    exp.add_argument("--stage", type=int, default=-1, help="stage whose map is used (default -1: the last)")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=_explain)
+
+    ex = sub.add_parser("export", help="ONNX (checked with onnxruntime) or safetensors weights + JSON config")
+    add_model_options(ex)
+    ex.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    ex.add_argument("--output", required=True, help="model.onnx, or weights.safetensors / a folder")
+    ex.add_argument("--img-size", type=int, help="ONNX input size (default: the training size)")
+    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--check-images", nargs="*", help="real images also compared between onnxruntime and PyTorch")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=_export)
     return parser
 
 

@@ -1,10 +1,16 @@
 """Grad-CAM for MedMamba: where in the image the evidence for a class lies.
 
-For a stage's feature map A (after its SS-Conv-SSM blocks, before Patch-M) and a class score y_c,
+For a stage's feature map A and a class score y_c,
 
     weight_k = mean over pixels of d y_c / d A_k,      map = ReLU(sum_k weight_k A_k),
 
 upsampled to the input and scaled to [0, 1] (Selvaraju et al., 2017).
+
+A stage's map is the one its last SS-Conv-SSM block reads. The last block's output feeds only the average
+pool, so its gradient is the same at every pixel and Grad-CAM would reduce to CAM, which does not localise
+here: SS2D has already spread the evidence along all four scan orders. The block's input keeps a gradient
+that says where the block looks (Grad-CAM for ViTs takes the input of the last block for the same reason).
+On a model trained to look at one corner, this map peaks in that corner (tests/test_explain.py).
 """
 from __future__ import annotations
 
@@ -36,11 +42,10 @@ def grad_cam(model: torch.nn.Module, images: torch.Tensor, target: Optional[int 
         raise ValueError(f"stage {stage} does not exist; the model has stages 0..{n - 1}")
     captured = {}
 
-    def keep(_module, _inputs, output):
-        captured["map"] = output
+    def keep(_module, inputs):
+        captured["map"] = inputs[0]
 
-    # The last block's output is the stage's map before Patch-M: what forward_stages calls the stage.
-    hook = model.layers[stage].blocks[-1].register_forward_hook(keep)
+    hook = model.layers[stage].blocks[-1].register_forward_pre_hook(keep)
     try:
         with torch.enable_grad():
             # A graph through the input too, so frozen weights (requires_grad False) still give gradients.
@@ -64,12 +69,18 @@ def grad_cam(model: torch.nn.Module, images: torch.Tensor, target: Optional[int 
     return GradCam(maps=cam / peak, targets=targets.detach(), probabilities=probs.detach())
 
 
-def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.45,
+            min_size: int = 256) -> np.ndarray:
     """The map in the 'jet' colour scale blended over the image: (H, W, 3) uint8. ``image`` is (C, H, W) or
-    (H, W) in [0, 1]; the map is resized to it."""
+    (H, W) in [0, 1]; the map is resized to it. Small images (MedMNIST's 28 px) are enlarged to
+    ``min_size`` on their short side so that the map can be seen."""
     from matplotlib import colormaps
     image = torch.as_tensor(image, dtype=torch.float32)
     image = image[None] if image.dim() == 2 else image
+    short = min(image.shape[-2:])
+    if short < min_size:
+        size = [round(s * min_size / short) for s in image.shape[-2:]]
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
     grey_or_rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
     cam = torch.as_tensor(cam, dtype=torch.float32)
     if cam.shape != image.shape[-2:]:
