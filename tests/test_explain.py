@@ -1,4 +1,4 @@
-"""Grad-CAM: on a model whose evidence is known to lie in one corner, the map must peak there."""
+"""Class activation maps: on a model whose evidence is known to lie in one corner, the map must peak there."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +7,7 @@ from PIL import Image
 from medmamba import create_model
 from medmamba.checkpoint import save_pretrained
 from medmamba.cli import main
-from medmamba.explain import grad_cam, overlay
+from medmamba.explain import class_activation_map, grad_cam, overlay
 
 SIZE, CORNER = 32, 10
 
@@ -31,8 +31,9 @@ def corner_images(n, generator):
 
 @pytest.fixture(scope="module")
 def corner_model():
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
+    # Seed 1: a model on which classic Grad-CAM misses the corner in most images (see medmamba/explain.py).
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)
     model = create_model("medmamba_t", num_classes=2, in_chans=1, depths=[1, 1], dims=[16, 32], drop_path_rate=0.0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
@@ -50,10 +51,10 @@ def corner_model():
     return model, x, y
 
 
-def test_grad_cam_peaks_in_the_evidence_corner(corner_model):
+def test_map_peaks_in_the_evidence_corner(corner_model):
     model, x, y = corner_model
     positives = x[y == 1]
-    cam = grad_cam(model, positives, target=1)  # default: the last stage
+    cam = class_activation_map(model, positives, target=1)  # defaults: HiResCAM, the last stage
     assert cam.maps.shape == (len(positives), SIZE, SIZE) and (cam.targets == 1).all()
     half = SIZE // 2
     peaks = cam.maps.flatten(1).argmax(1)
@@ -62,16 +63,36 @@ def test_grad_cam_peaks_in_the_evidence_corner(corner_model):
     assert cam.maps[:, :half, :half].mean() > 2 * cam.maps[:, half:, :].mean()
 
 
-def test_grad_cam_every_variant_size_and_stage():
+def test_gradcam_and_hirescam_formulas(corner_model):
+    """Both from one gradient G and map A of the last stage's last block input, computed here by hand."""
+    model, x, _ = corner_model
+    x = x[:4].clone()
+    captured = {}
+    hook = model.layers[-1].blocks[-1].register_forward_pre_hook(lambda m, i: captured.setdefault("a", i[0]))
+    logits = model(x.requires_grad_(True))
+    hook.remove()
+    a = captured["a"]
+    g, = torch.autograd.grad(logits[:, 0].sum(), a)
+    for method, weights in (("hirescam", g), ("gradcam", g.mean((1, 2), keepdim=True))):
+        expected = torch.relu((weights * a).sum(-1)).detach()
+        expected = torch.nn.functional.interpolate(expected[:, None], size=(SIZE, SIZE), mode="bilinear")[:, 0]
+        expected = expected / expected.flatten(1).amax(1)[:, None, None]
+        got = class_activation_map(model, x.detach(), target=0, method=method).maps
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grad_cam(model, x.detach(), target=0).maps,
+                               class_activation_map(model, x.detach(), target=0, method="gradcam").maps)
+
+
+def test_maps_for_every_variant_size_and_stage():
     for name in ("medmamba_t", "medmamba_s", "medmamba_b"):
         model = create_model(name, num_classes=4, in_chans=3).eval()
         x = torch.randn(2, 3, 72, 40)
         for stage in range(4):
-            cam = grad_cam(model, x, stage=stage)
+            cam = class_activation_map(model, x, stage=stage)
             assert cam.maps.shape == (2, 72, 40) and torch.isfinite(cam.maps).all()
             assert cam.maps.min() >= 0 and cam.maps.amax((1, 2)).allclose(torch.ones(2))
         with pytest.raises(ValueError, match="stage 4 does not exist"):
-            grad_cam(model, x, stage=4)
+            class_activation_map(model, x, stage=4)
     # the model is left as it was: no hooks, no gradients
     assert not model.layers[3].blocks[-1]._forward_pre_hooks and all(p.grad is None for p in model.parameters())
 
@@ -97,10 +118,10 @@ def test_explain_cli_writes_overlays(corner_model, tmp_path, capsys):
     rc = main(["explain", str(tmp_path / "model"), str(images), "--output", str(out), "--target", "corner"])
     assert rc == 1 and "junk.png" in capsys.readouterr().err
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == [f"img{i}_gradcam.png" for i in range(3)]
+    assert pngs == [f"img{i}_hirescam.png" for i in range(3)]
     assert Image.open(out / pngs[0]).size == (256, 256)
-    rows = (out / "gradcam.csv").read_text().splitlines()
-    assert rows[0] == "path,gradcam_png,class,probability" and len(rows) == 4 and ",corner," in rows[1]
+    rows = (out / "maps.csv").read_text().splitlines()
+    assert rows[0] == "path,map_png,class,probability" and len(rows) == 4 and ",corner," in rows[1]
     assert main(["explain", str(tmp_path / "model"), str(images / "img0.png"), "--output", str(out),
                  "--target", "nope"]) == 2
     assert "neither a class name nor an index" in capsys.readouterr().err

@@ -112,7 +112,10 @@ def _evaluate(args) -> int:
 
 
 def _predictor(args):
+    from .errors import MedMambaError
     from .inference import Predictor
+    if args.device and args.device.startswith("cuda") and not torch_cuda():
+        raise MedMambaError(f"--device {args.device}: no CUDA GPU is available to torch here")
     return Predictor.from_checkpoint(args.checkpoint, scan_backend=args.backend, device=args.device)
 
 
@@ -142,7 +145,7 @@ def _explain(args) -> int:
 
     from .data.folders import read_image
     from .errors import DataError, MedMambaError
-    from .explain import grad_cam, overlay, save_png
+    from .explain import class_activation_map, overlay, save_png
     from .files import atomic_write_text
     from .inference import collect_inputs
     predictor = _predictor(args)
@@ -164,28 +167,29 @@ def _explain(args) -> int:
         raise DataError("no images to explain: " + "; ".join(f"{p}: {why}" for p, why in failures))
     rows, used = [], set()
     from tqdm.auto import tqdm
-    for path in tqdm(paths, unit="img", desc="grad-cam"):
+    for path in tqdm(paths, unit="img", desc=args.method):
         try:
             image = read_image(path, predictor.channels)
             x = predictor.transform(image)[None].to(predictor.device)
         except DataError as e:
             failures.append((path, str(e).removeprefix(f"{path}: ")))
             continue
-        cam = grad_cam(predictor.model, x, target=target, stage=args.stage, multi_label=predictor.multi_label)
+        cam = class_activation_map(predictor.model, x, target=target, stage=args.stage, method=args.method,
+                                   multi_label=predictor.multi_label)
         name = Path(path).stem
         while name in used:  # same file name in two folders
             name += "_"
         used.add(name)
-        png = save_png(out / f"{name}_gradcam.png", overlay(image, cam.maps[0].cpu()))
+        png = save_png(out / f"{name}_{args.method}.png", overlay(image, cam.maps[0].cpu()))
         k = int(cam.targets[0])
         rows.append([path, str(png), predictor.classes[k], f"{float(cam.probabilities[0, k]):.6f}"])
     table = io.StringIO()
-    csv.writer(table, lineterminator="\n").writerows([["path", "gradcam_png", "class", "probability"], *rows])
-    atomic_write_text(out / "gradcam.csv", table.getvalue())
+    csv.writer(table, lineterminator="\n").writerows([["path", "map_png", "class", "probability"], *rows])
+    atomic_write_text(out / "maps.csv", table.getvalue())
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     stage = args.stage % len(predictor.model.layers)
-    print(f"wrote {len(rows)} Grad-CAM overlays (stage {stage}) and {out / 'gradcam.csv'}; {len(failures)} skipped")
+    print(f"wrote {len(rows)} {args.method} overlays (stage {stage}) and {out / 'maps.csv'}; {len(failures)} skipped")
     return 1 if failures else 0
 
 
@@ -270,10 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--overwrite", action="store_true")
     pred.set_defaults(func=_predict)
 
-    exp = sub.add_parser("explain", help="Grad-CAM maps overlaid on the images, as PNG")
+    exp = sub.add_parser("explain", help="class activation maps (HiResCAM or Grad-CAM) overlaid on the images")
     add_model_options(exp)
     exp.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    exp.add_argument("--output", required=True, help="folder for <image>_gradcam.png and gradcam.csv")
+    exp.add_argument("--output", required=True, help="folder for <image>_<method>.png and maps.csv")
+    exp.add_argument("--method", choices=["hirescam", "gradcam"], default="hirescam",
+                     help="hirescam (default: localises in MedMamba) or classic gradcam")
     exp.add_argument("--target", help="class (name or index) to explain; default: each image's prediction")
     exp.add_argument("--stage", type=int, default=-1, help="stage whose map is used (default -1: the last)")
     exp.add_argument("--overwrite", action="store_true")

@@ -340,11 +340,11 @@ def _build(variant: str, pretrained=None, features_only=False, **kwargs):
         kwargs.pop(key, None)
     config = None
     if pretrained and not isinstance(pretrained, bool):
-        from ..checkpoint import read_model_config
+        from ..checkpoint import CheckpointError, read_model_config
         config = read_model_config(pretrained)
         if config is not None:
             if config["model"] != variant:
-                raise ValueError(f"{pretrained} holds {config['model']} weights, not {variant}")
+                raise CheckpointError(f"{pretrained} holds {config['model']} weights, not {variant}")
             # The saved config fills in what the caller left out (class count, channels, variant overrides).
             for key, value in {**config.get("model_args", {}), "num_classes": config.get("num_classes"),
                                "in_chans": config.get("in_chans")}.items():
