@@ -125,3 +125,6 @@ def test_explain_cli_writes_overlays(corner_model, tmp_path, capsys):
     assert main(["explain", str(tmp_path / "model"), str(images / "img0.png"), "--output", str(out),
                  "--target", "nope"]) == 2
     assert "neither a class name nor an index" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path / "model"), str(images / "img0.png"), "--output", str(tmp_path / "o2"),
+                 "--stage", "2"]) == 2
+    assert "the model has stages 0..1" in capsys.readouterr().err

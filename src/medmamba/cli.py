@@ -158,6 +158,9 @@ def _explain(args) -> int:
         else:
             raise MedMambaError(f"--target {args.target!r} is neither a class name nor an index; classes: "
                                 f"{', '.join(predictor.classes)}")
+    n_stages = len(predictor.model.layers)
+    if not -n_stages <= args.stage < n_stages:
+        raise MedMambaError(f"--stage {args.stage}: the model has stages 0..{n_stages - 1} (or -1 for the last)")
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise MedMambaError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
@@ -188,7 +191,7 @@ def _explain(args) -> int:
     atomic_write_text(out / "maps.csv", table.getvalue())
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    stage = args.stage % len(predictor.model.layers)
+    stage = args.stage % n_stages
     print(f"wrote {len(rows)} {args.method} overlays (stage {stage}) and {out / 'maps.csv'}; {len(failures)} skipped")
     return 1 if failures else 0
 
@@ -197,6 +200,7 @@ def _export(args) -> int:
     import torch
 
     from .checkpoint import save_pretrained
+    from .errors import DataError
     from .inference import collect_inputs
     predictor = _predictor(args)
     config = dict(predictor.model.pretrained_cfg)
@@ -209,7 +213,9 @@ def _export(args) -> int:
     from .export import export_onnx
     images = None
     if args.check_images:
-        paths, _ = collect_inputs(args.check_images)
+        paths, missing = collect_inputs(args.check_images)
+        if not paths:
+            raise DataError("no images to check with: " + "; ".join(f"{p}: {why}" for p, why in missing))
         images = torch.stack([predictor.transform(read_image(p, predictor.channels)) for p in paths[:16]])
     img_size = args.img_size or predictor.img_size
     config["img_size"] = img_size
