@@ -1,6 +1,5 @@
 """Using a trained model: saved weights + JSON config, image files of every kind, `medmamba predict`."""
 import csv
-import json
 
 import numpy as np
 import pytest
@@ -56,8 +55,9 @@ def test_weights_without_config_are_a_clear_error(tmp_path):
     save_file(create_model("medmamba_t", **TINY_ARGS).state_dict(), str(tmp_path / "w.safetensors"))
     with pytest.raises(CheckpointError, match="no model.json"):
         load_model(tmp_path / "w.safetensors")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no model.safetensors"):
-        load_model(tmp_path / "nothing_here" if (tmp_path / "nothing_here").mkdir() is None else None)
+        load_model(tmp_path / "empty")
 
 
 def write_images(folder):

@@ -88,12 +88,16 @@ def check_onnx(path: str | os.PathLike, model: torch.nn.Module, images: Optional
     feeds = [torch.randn(b, channels, height, width, generator=generator) for b in batches]
     if images is not None:
         feeds.append(images.float().cpu())
-    model = model.eval()
+    was_training = model.training
+    model.eval()
     worst = 0.0
-    for x in feeds:
-        with torch.no_grad():
-            expected = model(x.to(next(model.parameters()).device)).float().cpu().numpy()
-        got = session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
+    try:
+        for x in feeds:
+            with torch.no_grad():
+                expected = model(x.to(next(model.parameters()).device)).float().cpu().numpy()
+            got = session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]
+            worst = max(worst, float(np.abs(got - expected).max()))
+    finally:
+        model.train(was_training)
     return OnnxCheck(max_abs_diff=worst, batches=[len(x) for x in feeds],
                      inputs="random and real images" if images is not None else "random")

@@ -22,19 +22,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .selective_scan import compute_dtype, finish_scan
+from .selective_scan import finish_scan, scan_inputs
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                            chunk: int | None = None):
     """Same contract as ``selective_scan_reference``; ``chunk`` (default ceil(sqrt(L))) only changes speed."""
     dtype_in = u.dtype
-    ct = compute_dtype(dtype_in)
-    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, delta, A, B, C = scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     batch, dim, length = u.shape
     groups, n = B.shape[1], A.shape[1]
     per_group = dim // groups

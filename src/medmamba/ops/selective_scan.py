@@ -49,15 +49,22 @@ def check_scan_shapes(u, delta, A, B, C, D=None, z=None, delta_bias=None):
         raise ValueError(f"z must be shaped like u {tuple(u.shape)}; got {tuple(z.shape)}")
 
 
-def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Sequential pure-PyTorch scan. Steps come from ``unbind`` so autograd stays linear in L."""
-    dtype_in = u.dtype
-    ct = compute_dtype(dtype_in)
+def scan_inputs(u, delta, A, B, C, delta_bias=None, delta_softplus=False):
+    """The inputs in the compute dtype, with Delta through its bias and softplus: what every pure-PyTorch
+    formulation starts from."""
+    ct = compute_dtype(u.dtype)
     u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(ct)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
+    return u, delta, A, B, C
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Sequential pure-PyTorch scan. Steps come from ``unbind`` so autograd stays linear in L."""
+    dtype_in = u.dtype
+    u, delta, A, B, C = scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     batch, dim, _ = u.shape
     groups, n = B.shape[1], A.shape[1]
     per_group = dim // groups
