@@ -143,11 +143,10 @@ def _explain(args) -> int:
     import csv
     import io
 
-    from .data.folders import read_image
-    from .errors import DataError, MedMambaError
+    from .errors import MedMambaError
     from .explain import class_activation_map, overlay, save_png
     from .files import atomic_write_text
-    from .inference import collect_inputs
+    from .inference import failure_reason, require_inputs
     predictor = _predictor(args)
     target = None
     if args.target is not None:
@@ -165,20 +164,17 @@ def _explain(args) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise MedMambaError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
     out.mkdir(parents=True, exist_ok=True)
-    paths, failures = collect_inputs(args.inputs)
-    if not paths:
-        raise DataError("no images to explain: " + "; ".join(f"{p}: {why}" for p, why in failures))
+    paths, failures = require_inputs(args.inputs, "explain")
     rows, used = [], set()
     from tqdm.auto import tqdm
     for path in tqdm(paths, unit="img", desc=args.method):
         try:
-            image = read_image(path, predictor.channels)
-            x = predictor.transform(image)[None].to(predictor.device)
-        except DataError as e:
-            failures.append((path, str(e).removeprefix(f"{path}: ")))
+            image, x = predictor.read(path)
+        except Exception as e:
+            failures.append((path, failure_reason(e, path)))
             continue
-        cam = class_activation_map(predictor.model, x, target=target, stage=args.stage, method=args.method,
-                                   multi_label=predictor.multi_label)
+        cam = class_activation_map(predictor.model, x[None].to(predictor.device), target=target, stage=args.stage,
+                                   method=args.method, multi_label=predictor.multi_label)
         name = Path(path).stem
         while name in used:  # same file name in two folders
             name += "_"
@@ -200,8 +196,7 @@ def _export(args) -> int:
     import torch
 
     from .checkpoint import save_pretrained
-    from .errors import DataError
-    from .inference import collect_inputs
+    from .inference import require_inputs
     predictor = _predictor(args)
     config = dict(predictor.model.pretrained_cfg)
     if args.format == "safetensors":
@@ -209,14 +204,11 @@ def _export(args) -> int:
         print(f"wrote {weights} and {config_path}; load with "
               f"medmamba.create_model({config['model']!r}, pretrained={str(weights)!r})")
         return 0
-    from .data.folders import read_image
     from .export import export_onnx
     images = None
     if args.check_images:
-        paths, missing = collect_inputs(args.check_images)
-        if not paths:
-            raise DataError("no images to check with: " + "; ".join(f"{p}: {why}" for p, why in missing))
-        images = torch.stack([predictor.transform(read_image(p, predictor.channels)) for p in paths[:16]])
+        paths, _ = require_inputs(args.check_images, "check with")
+        images = torch.stack([predictor.read(p)[1] for p in paths[:16]])
     img_size = args.img_size or predictor.img_size
     config["img_size"] = img_size
     print(f"exporting {config['model']} at {img_size}x{img_size} px to ONNX (opset {args.opset}); "

@@ -22,6 +22,11 @@ PUBLISHED = {
 }
 
 
+def class_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Independent sigmoids for multi-label tasks, a softmax over classes otherwise."""
+    return torch.sigmoid(logits) if multi_label else logits.softmax(-1)
+
+
 @torch.no_grad()
 def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[str] = None, multi_label=False,
             num_workers: int = 0, progress: bool = False):
@@ -38,7 +43,7 @@ def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[st
         x = x.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x).float()
-        probs.append((torch.sigmoid(logits) if multi_label else logits.softmax(-1)).cpu())
+        probs.append(class_probabilities(logits, multi_label).cpu())
         labels.append(y)
     labels = torch.cat(labels).numpy() if labels else np.zeros((0,))
     probs = torch.cat(probs).numpy() if probs else np.zeros((0, 0))

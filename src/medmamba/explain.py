@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .evaluate import class_probabilities
 from .files import atomic_path
 
 METHODS = ("hirescam", "gradcam")
@@ -56,7 +57,7 @@ def class_activation_map(model: torch.nn.Module, images: torch.Tensor, target: O
         with torch.enable_grad():
             # A graph through the input too, so frozen weights (requires_grad False) still give gradients.
             logits = model(images.detach().requires_grad_(True)).float()
-            probs = logits.sigmoid() if multi_label else logits.softmax(-1)
+            probs = class_probabilities(logits, multi_label)
             if target is None:
                 targets = logits.argmax(-1)
             else:

@@ -23,10 +23,9 @@ from .checkpoint import read_model_config, resolve_weights
 from .data.folders import IMAGE_SUFFIXES, read_image
 from .data.transforms import build_transform
 from .errors import CheckpointError, DataError
+from .evaluate import class_probabilities
 from .files import atomic_write_text
 from .models import create_model
-
-MULTI_LABEL = "multi-label, binary-class"
 
 
 def load_model(path: str | os.PathLike, scan_backend: str = "auto", device=None) -> torch.nn.Module:
@@ -71,22 +70,36 @@ def collect_inputs(items: Iterable[str | os.PathLike]) -> tuple[list[str], list[
     return found, missing
 
 
-class _Files(Dataset):
-    """Decoded, preprocessed images; a file that cannot be read yields its error instead of stopping the run."""
+def require_inputs(items: Iterable[str | os.PathLike], purpose: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """``collect_inputs``, raising one DataError (every reason) when it finds no image at all."""
+    paths, missing = collect_inputs(items)
+    if not paths:
+        raise DataError(f"no images to {purpose}: " + "; ".join(f"{p}: {why}" for p, why in missing))
+    return paths, missing
 
-    def __init__(self, paths: Sequence[str], channels: int, transform):
-        self.paths, self.channels, self.transform = paths, channels, transform
+
+def failure_reason(error: Exception, path: str) -> str:
+    """Why ``path`` was skipped, without repeating the path that DataError messages start with."""
+    if isinstance(error, DataError):
+        return str(error).removeprefix(f"{path}: ")
+    # e.g. a transform failing on a degenerate image (0 pixels wide)
+    return f"cannot be prepared ({type(error).__name__}: {error})"
+
+
+class _Files(Dataset):
+    """Preprocessed images; a file that cannot be read yields its reason instead of stopping the run."""
+
+    def __init__(self, paths: Sequence[str], read):
+        self.paths, self.read = paths, read
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return i, self.transform(read_image(self.paths[i], self.channels)), None
-        except DataError as e:
-            return i, None, str(e).removeprefix(f"{self.paths[i]}: ")
-        except Exception as e:  # a transform failing on a degenerate image (e.g. 0 pixels wide)
-            return i, None, f"cannot be prepared ({type(e).__name__}: {e})"
+            return i, self.read(self.paths[i])[1], None
+        except Exception as e:
+            return i, None, failure_reason(e, self.paths[i])
 
 
 def _collate(items):
@@ -137,7 +150,7 @@ class Predictor:
         self.channels = int(config.get("in_chans", model.in_chans))
         self.img_size = int(config.get("img_size", 224))
         self.classes = [str(c) for c in config.get("classes") or range(model.num_classes)]
-        self.multi_label = config.get("task") == MULTI_LABEL
+        self.multi_label = str(config.get("task", "")).startswith("multi-label")
         self.transform = build_transform(self.img_size, self.channels, train=False,
                                          mean=config.get("mean", 0.5), std=config.get("std", 0.5))
 
@@ -146,12 +159,16 @@ class Predictor:
         model = load_model(path, scan_backend=scan_backend)
         return cls(model, model.pretrained_cfg, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
+    def read(self, path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the image in [0, 1] as read, the model's input for it); DataError naming the file if unreadable."""
+        image = read_image(path, self.channels)
+        return image, self.transform(image)
+
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor) -> np.ndarray:
         """Preprocessed (batch, channels, img_size, img_size) images -> class probabilities."""
         logits = self.model(images.to(self.device)).float()
-        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-        return probs.cpu().numpy()
+        return class_probabilities(logits, self.multi_label).cpu().numpy()
 
     def warm_up(self):
         """One tiny forward pass, so JIT compilation is not counted as prediction time."""
@@ -161,11 +178,9 @@ class Predictor:
                       progress: bool = False) -> PredictionResult:
         """Predict every image that ``items`` (files, folders, globs) names; unreadable ones are skipped and
         listed in ``failures`` with the reason. Raises DataError when nothing could be found at all."""
-        paths, failures = collect_inputs(items)
-        if not paths:
-            raise DataError("no images to predict: " + "; ".join(f"{p}: {why}" for p, why in failures))
+        paths, failures = require_inputs(items, "predict")
         self.warm_up()
-        loader = DataLoader(_Files(paths, self.channels, self.transform), batch_size=batch_size,
+        loader = DataLoader(_Files(paths, self.read), batch_size=batch_size,
                             num_workers=workers, collate_fn=_collate)
         done, probs = [], []
         bar = None
