@@ -63,6 +63,16 @@ def test_optional_arguments(with_D, with_bias):
     assert_backends_agree(inputs(3, 6, 11, 4, 2, with_D=with_D, with_bias=with_bias), softplus=True)
 
 
+@pytest.mark.parametrize("block_rows", [64, 16, 4])
+@pytest.mark.parametrize("dim,groups", [(100, 1), (100, 4), (37, 1)])
+def test_blocks_of_rows(monkeypatch, block_rows, dim, groups):
+    """Several blocks of rows, a partial last block, group boundaries inside the channels, and a
+    sequence of two full segments and a partial one."""
+    from medmamba.ops import scan_cpu
+    monkeypatch.setattr(scan_cpu, "BLOCK_ROWS", block_rows)
+    assert_backends_agree(inputs(2, dim, 2 * scan_cpu.SEGMENT + 22, 16, groups), softplus=True)
+
+
 def test_long_sequence_3136():
     assert_backends_agree(inputs(1, 3, 3136, 16, 1), softplus=True)
 
@@ -98,10 +108,12 @@ def test_float64_against_direct_recurrence_and_gradcheck():
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("height,width", [(1, 1), (3, 5), (8, 8), (7, 2)])
-def test_cross_scan_fused_matches_composed_reference(height, width):
+@pytest.mark.parametrize("height,width,dim", [(1, 1, 5), (3, 5, 5), (8, 8, 5), (7, 2, 5), (9, 11, 70)])
+def test_cross_scan_fused_matches_composed_reference(monkeypatch, height, width, dim):
+    from medmamba.ops import scan_cpu
+    monkeypatch.setattr(scan_cpu, "BLOCK_ROWS", 32)  # dim 70: blocks of 32, 32 and 6 channels
     g = torch.Generator().manual_seed(height * 10 + width)
-    batch, dim, n = 2, 5, 16
+    batch, n = 2, 16
     x = torch.randn(batch, dim, height, width, generator=g).requires_grad_()
     delta = (torch.randn(batch, 4, dim, height, width, generator=g) * 0.5).requires_grad_()
     A = (-torch.rand(4 * dim, n, generator=g) * 3).requires_grad_()

@@ -7,15 +7,16 @@ scan directions are read straight from the (B, D, H, W) map and merged in place:
 * ``selective_scan_cpu``: mamba_ssm's 1-D layout, one row per channel, identity order.
 * ``cross_selective_scan_cpu``: 4 rows per channel (one per direction, each its own group), output summed.
 
-Speed notes. The loops over the N-wide state have a run-time trip count: LLVM vectorises those, while
-a constant 8 or 16 gets fully unrolled first and then stays scalar (measured: 0.52 vs 2.5 ns per state
-update). N is zero-padded to a multiple of ``LANES`` (A = 0, B = C = 0 keeps padded states at exactly 0)
-so the vector body needs no remainder. exp and softplus are polynomials for float32 because pip's numba
-has no vector math library (torch's own softplus ran at 6 ns an element here). The forward is parallel
-over (batch, block of channels) and keeps the state every SEGMENT steps; the backward is parallel over
-(batch, group, chunk of rows), each task accumulating its own dB/dC so there are no races, and it
-rebuilds one segment of states at a time into L1-sized buffers instead of storing all
-(batch, dim, L, N) of them.
+Speed notes. The SIMD lanes are rows, not the N states: a block of up to ``rows`` (64) rows of one group is
+transposed into (L, rows) buffers and every inner loop runs over the block's rows, with B and C of the
+step broadcast. The state dimension (16) is too short a loop for LLVM: vectorised 16 wide and
+interleaved twice, a 16-state loop ran entirely in the 4-wide remainder, and per-step overhead
+(index arithmetic, run-time overlap checks) was paid by every row; in a block it is paid once for all
+rows. exp and softplus are polynomials for float32 because pip's numba has no vector math library
+(torch's own softplus ran at 6 ns an element here). The forward is parallel over (batch, block of
+channels) and keeps the state every SEGMENT steps; the backward is parallel over (batch, group, chunk of
+blocks), each task accumulating its own dB/dC so there are no races, and it rebuilds one segment of
+states at a time instead of storing all (batch, dim, L, N) of them.
 """
 from __future__ import annotations
 
@@ -32,9 +33,8 @@ from numba.core.extending import intrinsic, overload
 from .cross_scan import NUM_DIRECTIONS, scan_order
 from .selective_scan import compute_dtype, finish_scan
 
-LANES = 8
-CHANNELS = 16  # channels per forward task
-SEGMENT = 128  # steps rebuilt at a time in the backward: 2 x 128 x 16 floats stay in L1
+BLOCK_ROWS = 64  # rows per block, the SIMD lanes of every inner loop; fewer when that leaves threads idle
+SEGMENT = 64  # steps rebuilt at a time in the backward
 # Not 'nnan'/'ninf': NaN and overflow must still propagate and compare as in the reference.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 _JIT = dict(cache=True, error_model="numpy", fastmath=_FASTMATH)
@@ -138,149 +138,241 @@ def _times_softplus_grad(delta_row, bias, grad_row):
         grad_row[i] *= one / (one + _exp(-(delta_row[i] + bias)))
 
 
-@njit(parallel=True, **_JIT)
-def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, y, starts):
-    """y[b, c, p] = sum over the rows reading channel c of that row's scan output at pixel p.
+@njit(inline="always", **_JIT)
+def _block_layout(n_u, n_rows, groups, rows):
+    """Blocks of <= rows consecutive channels whose rows of each direction lie in one group.
 
-    A task owns CHANNELS channels of one batch element and all their rows, direction by direction, so
-    one group's B and C stay in cache while its rows are scanned and no two tasks write the same y.
-    Unless ``starts`` is empty, the state at the start of every SEGMENT steps is kept there for the
-    backward, (batch, rows, segments, N): a few KB a row instead of the L x N states.
+    Returns (span, blocks per span): channels [k * span, (k + 1) * span) share a group in every direction.
     """
-    batch, n_u, length = u.shape
-    n_rows, n_state = A.shape
-    rows_per_group = n_rows // Bs.shape[1]
-    per_channel = n_rows // n_u
-    n_blocks = (n_u + CHANNELS - 1) // CHANNELS
-    n_segments = (length + SEGMENT - 1) // SEGMENT
-    keep = starts.shape[0] > 0
-    zero = u.dtype.type(0.0)
-    for task in prange(batch * n_blocks):
-        b = task // n_blocks
-        first = (task % n_blocks) * CHANNELS
-        h = np.empty(n_state, u.dtype)
-        dts = np.empty(length, u.dtype)
-        for r in range(per_channel):
-            for c in range(first, min(first + CHANNELS, n_u)):
-                row = r * n_u + c
-                g = row // rows_per_group
-                a = A[row]
-                u_row, y_row, b_rows, c_rows, order_g = u[b, c], y[b, c], Bs[b, g], Cs[b, g], order[g]
-                _step_sizes(delta[b, row], bias[row], softplus, dts)
-                h[:] = zero
-                for seg in range(n_segments):
-                    if keep:
-                        starts[b, row, seg] = h
-                    for step in range(seg * SEGMENT, min((seg + 1) * SEGMENT, length)):
-                        p = order_g[step]
-                        dt = dts[p]
-                        x = u_row[p]
-                        dtx = dt * x
-                        b_p, c_p = b_rows[p], c_rows[p]
-                        acc = zero
-                        for n in range(n_state):
-                            hn = _exp(dt * a[n]) * h[n] + dtx * b_p[n]
-                            h[n] = hn
-                            acc += c_p[n] * hn
-                        y_row[p] += acc + D[row] * x
+    span = min(n_rows // groups, n_u)
+    return span, (span + rows - 1) // rows
 
 
 @njit(inline="always", **_JIT)
-def _recompute(a, b_rows, u_row, dts, order_g, start, stop, h, hs, das):
-    """Advance state h over steps [start, stop), keeping each step's state and exp(dt A) in hs/das."""
-    for step in range(start, stop):
-        p = order_g[step]
-        dt = dts[p]
-        dtx = dt * u_row[p]
-        b_p, h_s, da_s = b_rows[p], hs[step - start], das[step - start]
-        for n in range(h.shape[0]):
-            da = _exp(dt * a[n])
-            hn = da * h[n] + dtx * b_p[n]
-            h[n] = hn
-            h_s[n] = hn
-            da_s[n] = da
+def _transpose_in(src, c0, out):
+    """out[p, r] = src[c0 + r, p]: a block of rows with the rows side by side, the SIMD lanes."""
+    for r in range(out.shape[1]):
+        row = src[c0 + r]
+        for p in range(out.shape[0]):
+            out[p, r] = row[p]
+
+
+@njit(inline="always", **_JIT)
+def _step_sizes_in(delta, bias, row0, softplus, tmp, out):
+    """out[p, r] = softplus(delta[row0 + r, p] + bias[row0 + r]) (or without softplus)."""
+    for r in range(out.shape[1]):
+        _step_sizes(delta[row0 + r], bias[row0 + r], softplus, tmp)
+        for p in range(out.shape[0]):
+            out[p, r] = tmp[p]
+
+
+@njit(inline="always", **_JIT)
+def _state_step(b_p, c_p, dts, xs, aT, h, ys):
+    """One step of every row in the block: h = exp(dt A) h + dt B x, ys += C h (n outer, rows inner)."""
+    for n in range(aT.shape[0]):
+        bn, cn = b_p[n], c_p[n]
+        hn, an = h[n], aT[n]
+        for r in range(hn.shape[0]):
+            v = _exp(dts[r] * an[r]) * hn[r] + dts[r] * xs[r] * bn
+            hn[r] = v
+            ys[r] += cn * v
 
 
 @njit(parallel=True, **_JIT)
-def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, dy, starts_all, n_chunks,
-              du_rows, ddelta, dA_b, dD_b, dB_p, dC_p):
-    """Gradients; each task owns (batch b, group g, chunk of g's rows) and writes only its own slots.
+def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
+    """y[b, c, p] = sum over the rows reading channel c of that row's scan output at pixel p, + D x.
 
-    The reverse sweep rebuilds one SEGMENT of states at a time, from the segment starts the forward
-    kept, into buffers small enough to stay in L1 (keeping all L states spilled out of L2).
+    A task owns one block of channels of one batch element and all their rows, direction by direction,
+    so no two tasks write the same y. Unless ``starts`` is empty, the state at the start of every
+    SEGMENT steps is kept there for the backward, (batch, rows, segments, N): a few KB a row.
     """
     batch, n_u, length = u.shape
     n_rows, n_state = A.shape
     groups = Bs.shape[1]
     rows_per_group = n_rows // groups
+    per_channel = n_rows // n_u
+    span, per_span = _block_layout(n_u, n_rows, groups, rows)
+    n_blocks = (n_u // span) * per_span
+    n_segments = (length + SEGMENT - 1) // SEGMENT
+    keep = starts.shape[0] > 0
+    zero = u.dtype.type(0.0)
+    for task in prange(batch * n_blocks):
+        b = task // n_blocks
+        block = task % n_blocks
+        c0 = (block // per_span) * span + (block % per_span) * rows
+        nr = min(rows, (block // per_span + 1) * span - c0)
+        xT = np.empty((length, nr), u.dtype)
+        dtT = np.empty((length, nr), u.dtype)
+        yT = np.zeros((length, nr), u.dtype)
+        tmp = np.empty(length, u.dtype)
+        aT = np.empty((n_state, nr), u.dtype)
+        h = np.empty((n_state, nr), u.dtype)
+        d_sum = np.zeros(nr, u.dtype)
+        _transpose_in(u[b], c0, xT)
+        for direction in range(per_channel):
+            row0 = direction * n_u + c0
+            g = row0 // rows_per_group
+            b_rows, c_rows, order_g = Bs[b, g], Cs[b, g], order[g]
+            _step_sizes_in(delta[b], bias, row0, softplus, tmp, dtT)
+            for r in range(nr):
+                d_sum[r] += D[row0 + r]
+                for n in range(n_state):
+                    aT[n, r] = A[row0 + r, n]
+            h[:] = zero
+            for seg in range(n_segments):
+                if keep:
+                    for r in range(nr):
+                        for n in range(n_state):
+                            starts[b, row0 + r, seg, n] = h[n, r]
+                for step in range(seg * SEGMENT, min((seg + 1) * SEGMENT, length)):
+                    p = order_g[step]
+                    _state_step(b_rows[p], c_rows[p], dtT[p], xT[p], aT, h, yT[p])
+        for r in range(nr):
+            y_row = y[b, c0 + r]
+            for p in range(length):
+                y_row[p] = yT[p, r] + d_sum[r] * xT[p, r]
+
+
+# The backward's per-step work is split into loops over the block's rows that each touch few arrays:
+# LLVM vectorises a loop only if it needs at most 8 run-time overlap checks between the arrays it reads
+# and writes, and a loop doing more silently runs scalar.
+@njit(inline="always", **_JIT)
+def _recompute_step(b_p, dts, xs, aT, h_prev, h_s, da_s):
+    """h_s = exp(dt A) h_prev + dt B x, keeping exp(dt A) in da_s."""
+    for n in range(aT.shape[0]):
+        an, da_n = aT[n], da_s[n]
+        for r in range(an.shape[0]):
+            da_n[r] = _exp(dts[r] * an[r])
+        bn, hp, hn = b_p[n], h_prev[n], h_s[n]
+        for r in range(an.shape[0]):
+            hn[r] = da_n[r] * hp[r] + dts[r] * xs[r] * bn
+    
+
+@njit(inline="always", **_JIT)
+def _carry_step(c_p, gys, da_s, carry, gh_s):
+    """The only sequential part of the backward: gh_t = dy_t C_t + exp(dt_{t+1} A) gh_{t+1} (dL/dh_t)."""
+    for n in range(carry.shape[0]):
+        cn, cr, ghn, dan = c_p[n], carry[n], gh_s[n], da_s[n]
+        for r in range(cr.shape[0]):
+            gh = gys[r] * cn + cr[r]
+            ghn[r] = gh
+            cr[r] = gh * dan[r]
+
+
+@njit(inline="always", **_JIT)
+def _step_grads(b_p, dts, xs, gys, aT, h_prev, h_s, da_s, gh_s, dB_s, dC_s, gda, gb, ga, dA_acc):
+    """One step's gradients: dB, dC (summed over the block's rows), and per row
+    gb = sum_n gh B (for du and ddelta), ga = sum_n gh h_prev exp(dt A) A (for ddelta), dA."""
+    zero = dts.dtype.type(0.0)
+    gb[:] = zero
+    ga[:] = zero
+    for n in range(aT.shape[0]):
+        hn, ghn = h_s[n], gh_s[n]
+        dc = zero
+        db = zero
+        for r in range(hn.shape[0]):
+            dc += gys[r] * hn[r]
+            db += ghn[r] * dts[r] * xs[r]
+        dC_s[n] += dc
+        dB_s[n] += db
+        bn, hp, dan = b_p[n], h_prev[n], da_s[n]
+        for r in range(hn.shape[0]):
+            gda[r] = ghn[r] * hp[r] * dan[r]
+            gb[r] += ghn[r] * bn
+        an, dAn = aT[n], dA_acc[n]
+        for r in range(hn.shape[0]):
+            ga[r] += gda[r] * an[r]
+            dAn[r] += gda[r] * dts[r]
+
+
+@njit(parallel=True, **_JIT)
+def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_all, n_chunks,
+              du_rows, ddelta, dA_b, dD_b, dB_p, dC_p):
+    """Gradients; each task owns (batch b, group g, chunk of g's row blocks) and writes only its own slots.
+
+    The reverse sweep rebuilds one SEGMENT of states at a time from the segment starts the forward kept,
+    instead of storing all (batch, rows, L, N) of them.
+    """
+    batch, n_u, length = u.shape
+    n_rows, n_state = A.shape
+    groups = Bs.shape[1]
+    rows_per_group = n_rows // groups
+    span, per_span = _block_layout(n_u, n_rows, groups, rows)
+    n_blocks = (rows_per_group // span) * per_span
     n_segments = (length + SEGMENT - 1) // SEGMENT
     zero = u.dtype.type(0.0)
     for task in prange(batch * groups * n_chunks):
         b = task // (groups * n_chunks)
         g = (task // n_chunks) % groups
         chunk = task % n_chunks
-        first = g * rows_per_group + (chunk * rows_per_group) // n_chunks
-        last = g * rows_per_group + ((chunk + 1) * rows_per_group) // n_chunks
-        hs = np.empty((SEGMENT, n_state), u.dtype)
-        das = np.empty((SEGMENT, n_state), u.dtype)
-        h = np.empty(n_state, u.dtype)
-        carry = np.empty(n_state, u.dtype)
-        dA_acc = np.empty(n_state, u.dtype)
-        dts = np.empty(length, u.dtype)
-        dB = dB_p[b, g, chunk]
-        dC = dC_p[b, g, chunk]
+        dB, dC = dB_p[b, g, chunk], dC_p[b, g, chunk]
         b_rows, c_rows, order_g = Bs[b, g], Cs[b, g], order[g]
-        for row in range(first, last):
-            c = row % n_u
-            a = A[row]
-            u_row, dy_row = u[b, c], dy[b, c]
-            _step_sizes(delta[b, row], bias[row], softplus, dts)
-            starts = starts_all[b, row]
-            carry[:] = zero
-            dA_acc[:] = zero
-            dD = zero
+        tmp = np.empty(length, u.dtype)
+        for block in range((chunk * n_blocks) // n_chunks, ((chunk + 1) * n_blocks) // n_chunks):
+            first = g * rows_per_group + (block // per_span) * span
+            row0 = first + (block % per_span) * rows
+            nr = min(rows, first + span - row0)
+            c0 = row0 % n_u
+            xT = np.empty((length, nr), u.dtype)
+            dyT = np.empty((length, nr), u.dtype)
+            dtT = np.empty((length, nr), u.dtype)
+            duT = np.empty((length, nr), u.dtype)
+            ddT = np.empty((length, nr), u.dtype)
+            aT = np.empty((n_state, nr), u.dtype)
+            h0 = np.empty((n_state, nr), u.dtype)
+            hs = np.empty((SEGMENT, n_state, nr), u.dtype)
+            das = np.empty((SEGMENT, n_state, nr), u.dtype)
+            ghs = np.empty((SEGMENT, n_state, nr), u.dtype)
+            carry = np.zeros((n_state, nr), u.dtype)
+            dA_acc = np.zeros((n_state, nr), u.dtype)
+            gda = np.empty(nr, u.dtype)
+            gb = np.empty(nr, u.dtype)
+            ga = np.empty(nr, u.dtype)
+            _transpose_in(u[b], c0, xT)
+            _transpose_in(dy[b], c0, dyT)
+            _step_sizes_in(delta[b], bias, row0, softplus, tmp, dtT)
+            for r in range(nr):
+                for n in range(n_state):
+                    aT[n, r] = A[row0 + r, n]
             for seg in range(n_segments - 1, -1, -1):
                 start = seg * SEGMENT
                 stop = min(start + SEGMENT, length)
-                h[:] = starts[seg]
-                _recompute(a, b_rows, u_row, dts, order_g, start, stop, h, hs, das)
-                for step in range(stop - 1, start - 1, -1):
-                    p = order_g[step]
-                    dt = dts[p]
-                    x = u_row[p]
-                    gy = dy_row[p]
-                    dD += gy * x
-                    dtx = dt * x
-                    k = step - start
-                    b_p, c_p, h_s, da_s = b_rows[p], c_rows[p], hs[k], das[k]
-                    h_prev = hs[k - 1] if k > 0 else starts[seg]
-                    dB_s, dC_s = dB[p], dC[p]
-                    du = zero
-                    ddt = zero
+                for r in range(nr):
                     for n in range(n_state):
-                        gh = gy * c_p[n] + carry[n]
-                        dC_s[n] += gy * h_s[n]
-                        dB_s[n] += gh * dtx
-                        du += gh * b_p[n]
-                        gda = gh * h_prev[n] * da_s[n]
-                        ddt += gh * b_p[n] * x + gda * a[n]
-                        dA_acc[n] += gda * dt
-                        carry[n] = gh * da_s[n]
-                    du_rows[b, row, p] = D[row] * gy + du * dt
-                    ddelta[b, row, p] = ddt
-            if softplus:
-                _times_softplus_grad(delta[b, row], bias[row], ddelta[b, row])
-            dD_b[b, row] = dD
-            for n in range(n_state):
-                dA_b[b, row, n] = dA_acc[n]
+                        h0[n, r] = starts_all[b, row0 + r, seg, n]
+                for k in range(stop - start):
+                    p = order_g[start + k]
+                    _recompute_step(b_rows[p], dtT[p], xT[p], aT, hs[k - 1] if k > 0 else h0, hs[k], das[k])
+                for k in range(stop - start - 1, -1, -1):
+                    p = order_g[start + k]
+                    _carry_step(c_rows[p], dyT[p], das[k], carry, ghs[k])
+                for k in range(stop - start):
+                    p = order_g[start + k]
+                    dts, xs, gys = dtT[p], xT[p], dyT[p]
+                    _step_grads(b_rows[p], dts, xs, gys, aT, hs[k - 1] if k > 0 else h0, hs[k], das[k], ghs[k],
+                                dB[p], dC[p], gda, gb, ga, dA_acc)
+                    du_p, dd_p = duT[p], ddT[p]
+                    for r in range(nr):
+                        du_p[r] = gb[r] * dts[r]
+                        dd_p[r] = gb[r] * xs[r] + ga[r]
+            for r in range(nr):
+                row = row0 + r
+                dD = zero
+                du_row, dd_row = du_rows[b, row], ddelta[b, row]
+                for p in range(length):
+                    dD += dyT[p, r] * xT[p, r]
+                    du_row[p] = D[row] * dyT[p, r] + duT[p, r]
+                    dd_row[p] = ddT[p, r]
+                if softplus:
+                    _times_softplus_grad(delta[b, row], bias[row], dd_row)
+                dD_b[b, row] = dD
+                for n in range(n_state):
+                    dA_b[b, row, n] = dA_acc[n, r]
 
 
-def _padded_state(t: torch.Tensor, n_padded: int) -> torch.Tensor:
-    """(batch, groups, N, L) -> (batch, groups, L, N padded) contiguous: the N values of a step adjacent."""
-    t = t.transpose(-1, -2)
-    if t.shape[-1] != n_padded:
-        t = torch.nn.functional.pad(t, (0, n_padded - t.shape[-1]))
-    return t.contiguous()
+def _state_layout(t: torch.Tensor) -> torch.Tensor:
+    """(batch, groups, N, L) -> (batch, groups, L, N) contiguous: the N values of a pixel adjacent."""
+    return t.transpose(-1, -2).contiguous()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -294,51 +386,59 @@ def _set_threads() -> int:
     return threads
 
 
+def _block_rows(batch: int, n_u: int, n_rows: int, groups: int, threads: int) -> int:
+    """The widest block (64, 32 or 16 rows) that still gives every thread two forward tasks."""
+    span = min(n_rows // groups, n_u)
+    for rows in (BLOCK_ROWS, BLOCK_ROWS // 2):
+        if batch * (n_u // span) * -(-span // rows) >= 2 * threads:
+            return rows
+    return BLOCK_ROWS // 4
+
+
 class _FusedScan(torch.autograd.Function):
     """u: (batch, Du, L); delta: (batch, rows, L); A: (rows, N); B, C: (batch, groups, N, L) in pixel
     order; D, bias: (rows,); order: (groups, L) int32. Returns (batch, Du, L): each channel's rows summed."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, bias, order, softplus):
-        n_state = A.shape[1]
-        n_padded = -(-n_state // LANES) * LANES
-        A_p = torch.nn.functional.pad(A, (0, n_padded - n_state)).contiguous()
-        Bs, Cs = _padded_state(B, n_padded), _padded_state(C, n_padded)
-        _set_threads()
-        y = torch.zeros_like(u)
+        Bs, Cs = _state_layout(B), _state_layout(C)
+        threads = _set_threads()
+        rows = _block_rows(u.shape[0], u.shape[1], delta.shape[1], B.shape[1], threads)
+        y = torch.empty_like(u)
         n_segments = -(-u.shape[2] // SEGMENT)
-        shape = (u.shape[0], delta.shape[1], n_segments, n_padded) if any(ctx.needs_input_grad) else (0, 0, 0, 0)
+        shape = (u.shape[0], delta.shape[1], n_segments, A.shape[1]) if any(ctx.needs_input_grad) else (0, 0, 0, 0)
         starts = torch.empty(shape, dtype=u.dtype)
-        _scan_fwd(_np(u), _np(delta), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), _np(y),
-                  _np(starts))
-        ctx.save_for_backward(u, delta, A_p, Bs, Cs, D, bias, order, starts)
+        _scan_fwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), rows,
+                  _np(y), _np(starts))
+        ctx.save_for_backward(u, delta, A, Bs, Cs, D, bias, order, starts)
         ctx.softplus = softplus
-        ctx.n_state = n_state
+        ctx.rows = rows
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A_p, Bs, Cs, D, bias, order, starts = ctx.saved_tensors
+        u, delta, A, Bs, Cs, D, bias, order, starts = ctx.saved_tensors
         batch, n_u, length = u.shape
-        n_rows, n_padded = A_p.shape
+        n_rows, n_state = A.shape
         groups = Bs.shape[1]
         threads = _set_threads()
-        # Enough tasks to keep every thread busy, never more chunks than rows in a group.
-        n_chunks = max(1, min(n_rows // groups, -(-2 * threads // (batch * groups))))
+        # Enough tasks to keep every thread busy, never more chunks than row blocks in a group.
+        span = min(n_rows // groups, n_u)
+        n_blocks = (n_rows // groups // span) * -(-span // ctx.rows)
+        n_chunks = max(1, min(n_blocks, -(-2 * threads // (batch * groups))))
         du_rows = torch.empty_like(delta)
         ddelta = torch.empty_like(delta)
-        dA_b = torch.empty(batch, n_rows, n_padded, dtype=u.dtype)
+        dA_b = torch.empty(batch, n_rows, n_state, dtype=u.dtype)
         dD_b = torch.empty(batch, n_rows, dtype=u.dtype)
-        dB_p = torch.zeros(batch, groups, n_chunks, length, n_padded, dtype=u.dtype)
+        dB_p = torch.zeros(batch, groups, n_chunks, length, n_state, dtype=u.dtype)
         dC_p = torch.zeros_like(dB_p)
-        _scan_bwd(_np(u), _np(delta), _np(A_p), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
-                  _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b), _np(dD_b),
+        _scan_bwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
+                  ctx.rows, _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b), _np(dD_b),
                   _np(dB_p), _np(dC_p))
-        n = ctx.n_state
         du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
-        dB = dB_p.sum(2)[..., :n].transpose(-1, -2)
-        dC = dC_p.sum(2)[..., :n].transpose(-1, -2)
-        return du, ddelta, dA_b.sum(0)[:, :n], dB, dC, dD_b.sum(0), ddelta.sum((0, 2)), None, None
+        dB = dB_p.sum(2).transpose(-1, -2)
+        dC = dC_p.sum(2).transpose(-1, -2)
+        return du, ddelta, dA_b.sum(0), dB, dC, dD_b.sum(0), ddelta.sum((0, 2)), None, None
 
 
 def _run(u, delta, A, B, C, D, delta_bias, order, softplus):
