@@ -75,7 +75,7 @@ train(None if resume else load_config(None, overrides), sys.argv[1], resume=resu
 
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     # augmentation and stochastic depth on: the RNG states must be restored too
-    overrides = TINY + ["save_every_steps=2", "augment.rotation=15", "drop_path_rate=0.2", "threads=1"]
+    overrides = TINY + ["save_every_steps=2", "augment.rotation=15", "drop_path_rate=0.2", "mixup=0.4", "threads=1"]
     run_python(DRIVER, tmp_path / "straight", "straight", *overrides)
     killed = run_python(DRIVER, tmp_path / "killed", "kill", *overrides, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -89,6 +89,34 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     resumed = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     strip = [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in straight]
     assert strip == [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in resumed]
+
+
+def test_mixup_blends_inputs_and_labels_in_one_proportion():
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from medmamba.train import Trainer
+    seen = []
+
+    def model(x):
+        seen.append(x)
+        return x.flatten(1)[:, :3] * 3
+    stub = SimpleNamespace(cfg={"mixup": 0.4, "amp": None, "label_smoothing": 0.0}, device="cpu", ddp_model=model,
+                           data=SimpleNamespace(multi_label=False), class_weights=None)
+    stub._loss = lambda logits, y: Trainer._loss(stub, logits, y)
+    x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(5)
+    loss = Trainer._mixed_loss(stub, x, y)
+    torch.manual_seed(5)
+    lam, perm = float(torch.distributions.Beta(0.4, 0.4).sample()), torch.randperm(6)
+    assert 0.01 < lam < 0.99 and not torch.equal(perm, torch.arange(6))  # a real blend at this seed
+    torch.testing.assert_close(seen[0], lam * x + (1 - lam) * x[perm])
+    logits = model(seen[0])
+    torch.testing.assert_close(loss, lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm]))
+    stub.cfg["mixup"] = 0.0  # off: the plain loss on the unblended batch
+    torch.testing.assert_close(Trainer._mixed_loss(stub, x, y), F.cross_entropy(model(x), y))
+    assert torch.equal(seen[-1], x)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -130,6 +158,7 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
         (["train", "--output", tmp_path / "o1", "--data-root", tmp_path, *TINY[1:]], "not a readable .npz"),
         (["train", "--output", tmp_path / "o2", "optimizer.name=rmsprop", *TINY], "unknown optimizer 'rmsprop'"),
         (["train", "--output", tmp_path / "o3", "nonsense.key=1"], "unknown config key 'nonsense'"),
+        (["train", "--output", tmp_path / "o4", "mixup=-1", *TINY], "mixup=-1: give the Beta alpha"),
         (["evaluate", tmp_path / "nowhere"], "not a training output folder"),
     ]
     for args, message in cases:

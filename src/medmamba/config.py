@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "amp": None,                # null, "bf16" or "fp16"
     "clip_grad": None,          # max gradient norm
     "label_smoothing": 0.0,
+    "mixup": 0.0,               # mixup alpha: each batch blended with a shuffled copy, weight ~ Beta(a, a); 0: off
     "class_weights": None,      # null, "balanced" or a list
     "ema": None,                # EMA decay, e.g. 0.999; the EMA weights are evaluated and kept as best
     "early_stopping": None,     # patience in epochs

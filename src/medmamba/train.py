@@ -190,6 +190,8 @@ class Trainer:
     def __init__(self, cfg: dict, output: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  callbacks: Sequence[Callable] = (), progress: bool = True):
         self.cfg, self.output, self.callbacks, self.progress = cfg, Path(output), list(callbacks), progress
+        if isinstance(cfg["mixup"], bool) or not isinstance(cfg["mixup"], (int, float)) or cfg["mixup"] < 0:
+            raise MedMambaError(f"mixup={cfg['mixup']!r}: give the Beta alpha, a number >= 0 (0 turns mixup off)")
         self.rank, self.world, device = dist_utils.init_from_env()
         self.device = torch.device(cfg["device"]) if cfg["device"] else (
             device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -311,6 +313,21 @@ class Trainer:
         return F.cross_entropy(logits.float(), y, weight=self.class_weights,
                                label_smoothing=self.cfg["label_smoothing"])
 
+    def _mixed_loss(self, x, y):
+        """Loss of the model on x, or with mixup (Zhang et al. 2018) the loss of a blend of x with a
+        shuffled copy against both label sets in the same proportion; drawn from torch's RNG so a resumed
+        run draws the same blends."""
+        alpha = self.cfg["mixup"]
+        if not alpha:
+            with autocast(self.device, self.cfg["amp"]):
+                logits = self.ddp_model(x)
+            return self._loss(logits, y)
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(x)).to(x.device)
+        with autocast(self.device, self.cfg["amp"]):
+            logits = self.ddp_model(lam * x + (1 - lam) * x[perm])
+        return lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
+
     def _train_epoch(self, epoch: int) -> float:
         self.ddp_model.train()
         loader = self._loader(epoch, self.state.step_in_epoch)
@@ -322,9 +339,7 @@ class Trainer:
                        leave=False, dynamic_ncols=True)
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast(self.device, self.cfg["amp"]):
-                logits = self.ddp_model(x)
-            loss = self._loss(logits, y)
+            loss = self._mixed_loss(x, y)
             if not torch.isfinite(loss):
                 last = checkpoint_dir(self.output, "last")
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {self.state.step_in_epoch + 1}; "
