@@ -132,3 +132,15 @@ def test_cross_scan_fused_matches_composed_reference(monkeypatch, height, width,
     assert rel_err(y_cpu, y_ref) <= 1e-5
     for name, a, b in zip(["x", "delta", "A", "B", "C", "D", "bias"], g_cpu, g_ref):
         assert rel_err(a, b) <= 1e-5, name
+
+
+def test_torch_thread_setting_survives_the_kernels():
+    """numba's OpenMP layer resets the caller's OpenMP thread count; a threads=1 run must stay at 1."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        x = inputs(2, 6, 9, 4, 2)
+        y, _ = run("cpu", x, softplus=True)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -21,6 +21,7 @@ states at a time instead of storing all (batch, dim, L, N) of them.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numba
@@ -379,11 +380,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _set_threads() -> int:
-    """Use the threads torch is allowed (torch.set_num_threads), within numba's pool."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    return threads
+@contextmanager
+def _torch_threads():
+    """Run numba's parallel kernels on the threads torch is allowed (torch.set_num_threads), and leave
+    torch's setting as it was: numba's OpenMP layer resets the calling thread's OpenMP thread count to
+    its whole pool, which silently doubled the threads of a run with threads=1 on this machine."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield numba.get_num_threads()
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _block_rows(batch: int, n_u: int, n_rows: int, groups: int, threads: int) -> int:
@@ -402,14 +410,14 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, bias, order, softplus):
         Bs, Cs = _state_layout(B), _state_layout(C)
-        threads = _set_threads()
-        rows = _block_rows(u.shape[0], u.shape[1], delta.shape[1], B.shape[1], threads)
         y = torch.empty_like(u)
         n_segments = -(-u.shape[2] // SEGMENT)
         shape = (u.shape[0], delta.shape[1], n_segments, A.shape[1]) if any(ctx.needs_input_grad) else (0, 0, 0, 0)
         starts = torch.empty(shape, dtype=u.dtype)
-        _scan_fwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), rows,
-                  _np(y), _np(starts))
+        with _torch_threads() as threads:
+            rows = _block_rows(u.shape[0], u.shape[1], delta.shape[1], B.shape[1], threads)
+            _scan_fwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), rows,
+                      _np(y), _np(starts))
         ctx.save_for_backward(u, delta, A, Bs, Cs, D, bias, order, starts)
         ctx.softplus = softplus
         ctx.rows = rows
@@ -421,20 +429,20 @@ class _FusedScan(torch.autograd.Function):
         batch, n_u, length = u.shape
         n_rows, n_state = A.shape
         groups = Bs.shape[1]
-        threads = _set_threads()
-        # Enough tasks to keep every thread busy, never more chunks than row blocks in a group.
-        span = min(n_rows // groups, n_u)
-        n_blocks = (n_rows // groups // span) * -(-span // ctx.rows)
-        n_chunks = max(1, min(n_blocks, -(-2 * threads // (batch * groups))))
         du_rows = torch.empty_like(delta)
         ddelta = torch.empty_like(delta)
         dA_b = torch.empty(batch, n_rows, n_state, dtype=u.dtype)
         dD_b = torch.empty(batch, n_rows, dtype=u.dtype)
-        dB_p = torch.zeros(batch, groups, n_chunks, length, n_state, dtype=u.dtype)
-        dC_p = torch.zeros_like(dB_p)
-        _scan_bwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
-                  ctx.rows, _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b), _np(dD_b),
-                  _np(dB_p), _np(dC_p))
+        with _torch_threads() as threads:
+            # Enough tasks to keep every thread busy, never more chunks than row blocks in a group.
+            span = min(n_rows // groups, n_u)
+            n_blocks = (n_rows // groups // span) * -(-span // ctx.rows)
+            n_chunks = max(1, min(n_blocks, -(-2 * threads // (batch * groups))))
+            dB_p = torch.zeros(batch, groups, n_chunks, length, n_state, dtype=u.dtype)
+            dC_p = torch.zeros_like(dB_p)
+            _scan_bwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
+                      ctx.rows, _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b),
+                      _np(dD_b), _np(dB_p), _np(dC_p))
         du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
         dB = dB_p.sum(2).transpose(-1, -2)
         dC = dC_p.sum(2).transpose(-1, -2)
