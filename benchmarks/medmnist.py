@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
     args = parser.parse_args()
     from medmamba.config import load_config
-    from medmamba.evaluate import PUBLISHED
+    from medmamba.evaluate import PUBLISHED, evaluate
     from medmamba.train import train
     rows = []
     for name in [args.only] if args.only else DATASETS:
@@ -42,14 +42,21 @@ def main():
         rows.append(dict(dataset=name, acc=result["test"]["medmnist"]["acc"], auc=result["test"]["medmnist"]["auc"],
                          best_epoch=trainer.state.best_epoch, epochs=trainer.state.epoch, wall_s=wall,
                          train_images_per_s=n_images / wall, recipe=str(recipe.relative_to(REPO)),
-                         overrides=args.set))
+                         overrides=args.set, tta=cfg["tta"]))
+        if cfg["tta"]:  # the same best checkpoint without test-time augmentation, for comparison
+            plain, _, _ = evaluate(trainer.eval_model(), trainer.data.splits["test"], trainer.data.task,
+                                   trainer.data.classes, cfg["eval_batch_size"], trainer.device, cfg["amp"])
+            rows[-1].update(acc_no_tta=plain["medmnist"]["acc"], auc_no_tta=plain["medmnist"]["auc"])
         (out / "benchmark.json").write_text(json.dumps(rows[-1], indent=1))
     print(f"\n{'dataset':<16}{'model':<34}{'ACC':>7}{'AUC':>7}  {'wall':>8}  {'img/s':>6}  target")
     for r in rows:
         acc_t, auc_t = TARGETS[r["dataset"]]
         met = "met" if r["acc"] >= acc_t and r["auc"] >= auc_t else "not met"
-        print(f"{r['dataset']:<16}{'MedMamba-T, this recipe':<34}{r['acc']:>7.3f}{r['auc']:>7.3f}  "
+        label = "MedMamba-T, this recipe" + (" (flip TTA)" if r["tta"] else "")
+        print(f"{r['dataset']:<16}{label:<34}{r['acc']:>7.3f}{r['auc']:>7.3f}  "
               f"{r['wall_s'] / 60:>6.1f}m  {r['train_images_per_s']:>6.1f}  ACC>={acc_t} AUC>={auc_t}: {met}")
+        if "acc_no_tta" in r:
+            print(f"{'':<16}{'  same checkpoint, no TTA':<34}{r['acc_no_tta']:>7.3f}{r['auc_no_tta']:>7.3f}")
         for who, (acc, auc) in PUBLISHED[r["dataset"]].items():
             print(f"{'':<16}{who:<34}{acc:>7.3f}{auc:>7.3f}")
 

@@ -67,3 +67,20 @@ def test_absent_class_gives_nan_auc_not_a_crash():
     probs = softmax(np.random.default_rng(0).normal(size=(4, 3)))
     m = classification_metrics(y, probs, "multi-class")
     assert np.isnan(m["per_class"]["2"]["auc"]) and not np.isnan(m["auc"])
+
+
+def test_tta_averages_each_image_with_its_mirror():
+    import torch
+
+    from medmamba.evaluate import predict
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))  # not mirror-invariant
+    images, labels = torch.randn(10, 1, 3, 4), torch.arange(10) % 3
+    data = torch.utils.data.TensorDataset(images, labels)
+    y, plain = predict(model, data, batch_size=4)
+    _, tta = predict(model, data, batch_size=4, tta=True)
+    with torch.no_grad():
+        mirrored = model(images.flip(-1)).softmax(-1).numpy()
+    np.testing.assert_array_equal(y, labels.numpy())
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, rtol=1e-6)
+    assert np.abs(tta - plain).max() > 1e-3

@@ -103,9 +103,9 @@ def _evaluate(args) -> int:
     load_checkpoint(model, weights, new_head_ok=False)
     device = "cuda" if torch_cuda() else "cpu"
     metrics, labels, probs = evaluate(model.to(device), data.splits[args.split], data.task, data.classes,
-                                      cfg["eval_batch_size"], device, cfg["amp"], progress=True)
+                                      cfg["eval_batch_size"], device, cfg["amp"], progress=True, tta=cfg["tta"])
     paths = write_report(out, metrics, labels, probs, data.classes, f"{cfg['model']} on {data.name} ({args.split})",
-                         data.name, extra={"checkpoint": str(weights), "split": args.split})
+                         data.name, extra={"checkpoint": str(weights), "split": args.split, "tta": cfg["tta"]})
     print(metrics_table(metrics))
     print(f"\nreport: {paths['md']}")
     return 0

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": None,      # null, "balanced" or a list
     "ema": None,                # EMA decay, e.g. 0.999; the EMA weights are evaluated and kept as best
     "early_stopping": None,     # patience in epochs
+    "tta": False,               # validation/test/evaluate: average each image with its horizontal mirror
     "monitor": "auc",           # validation metric choosing the best checkpoint: auc, accuracy, f1, loss
     "seed": 0,
     "save_every_steps": None,   # also checkpoint mid-epoch every N optimiser steps

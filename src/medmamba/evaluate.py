@@ -29,8 +29,11 @@ def class_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor
 
 @torch.no_grad()
 def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[str] = None, multi_label=False,
-            num_workers: int = 0, progress: bool = False):
-    """(labels, probabilities) over ``dataset``; sharded over ranks and gathered when distributed."""
+            num_workers: int = 0, progress: bool = False, tta: bool = False):
+    """(labels, probabilities) over ``dataset``; sharded over ranks and gathered when distributed.
+
+    ``tta``: each image's probabilities averaged with those of its horizontal mirror (test-time
+    augmentation matching the training flips)."""
     model.eval()
     indices = dist_utils.shard_indices(len(dataset))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
@@ -41,9 +44,12 @@ def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[st
     labels, probs = [], []
     for x, y in loader:
         x = x.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x).float()
-        probs.append(class_probabilities(logits, multi_label).cpu())
+        views = (x, x.flip(-1)) if tta else (x,)
+        p = 0
+        for view in views:
+            with autocast(device, amp):
+                p = p + class_probabilities(model(view).float(), multi_label)
+        probs.append((p / len(views)).cpu())
         labels.append(y)
     labels = torch.cat(labels).numpy() if labels else np.zeros((0,))
     probs = torch.cat(probs).numpy() if probs else np.zeros((0, 0))
@@ -58,9 +64,10 @@ def autocast(device, amp: Optional[str]):
     return torch.autocast(device_type, dtype=dtype)
 
 
-def evaluate(model, dataset, task: str, class_names, batch_size=64, device="cpu", amp=None, progress=False):
+def evaluate(model, dataset, task: str, class_names, batch_size=64, device="cpu", amp=None, progress=False,
+             tta=False):
     labels, probs = predict(model, dataset, batch_size, device, amp, task.startswith("multi-label"),
-                            progress=progress)
+                            progress=progress, tta=tta)
     return classification_metrics(labels, probs, task, class_names), labels, probs
 
 

@@ -378,7 +378,7 @@ class Trainer:
     def validate(self):
         metrics, labels, probs = evaluate(self.eval_model(), self.data.splits["val"], self.data.task,
                                           self.data.classes, self.cfg["eval_batch_size"], self.device,
-                                          self.cfg["amp"])
+                                          self.cfg["amp"], tta=self.cfg["tta"])
         metrics["loss"] = float(_nll(labels, probs, self.data.multi_label))
         return metrics
 
@@ -462,13 +462,14 @@ class Trainer:
         if best.is_file():
             model.load_state_dict(load_file(str(best)))
         metrics, labels, probs = evaluate(model, self.data.splits[split], self.data.task, self.data.classes,
-                                          self.cfg["eval_batch_size"], self.device, self.cfg["amp"])
+                                          self.cfg["eval_batch_size"], self.device, self.cfg["amp"],
+                                          tta=self.cfg["tta"])
         paths = {}
         if dist_utils.is_main():
             paths = write_report(self.output / f"eval_{split}", metrics, labels, probs, self.data.classes,
                                  f"{self.cfg['model']} on {self.data.name} ({split}), best epoch "
                                  f"{self.state.best_epoch}", self.data.name,
-                                 extra={"checkpoint": str(best), "split": split})
+                                 extra={"checkpoint": str(best), "split": split, "tta": self.cfg["tta"]})
         return metrics, paths
 
 
