@@ -7,7 +7,7 @@ scan directions are read straight from the (B, D, H, W) map and merged in place:
 * ``selective_scan_cpu``: mamba_ssm's 1-D layout, one row per channel, identity order.
 * ``cross_selective_scan_cpu``: 4 rows per channel (one per direction, each its own group), output summed.
 
-Speed notes. The SIMD lanes are rows, not the N states: a block of up to ``rows`` (64) rows of one group is
+Speed notes. The SIMD lanes are rows, not the N states: a block of up to BLOCK_ROWS rows of one group is
 transposed into (L, rows) buffers and every inner loop runs over the block's rows, with B and C of the
 step broadcast. The state dimension (16) is too short a loop for LLVM: vectorised 16 wide and
 interleaved twice, a 16-state loop ran entirely in the 4-wide remainder, and per-step overhead
@@ -247,7 +247,7 @@ def _recompute_step(b_p, dts, xs, aT, h_prev, h_s, da_s):
         bn, hp, hn = b_p[n], h_prev[n], h_s[n]
         for r in range(an.shape[0]):
             hn[r] = da_n[r] * hp[r] + dts[r] * xs[r] * bn
-    
+
 
 @njit(inline="always", **_JIT)
 def _carry_step(c_p, gys, da_s, carry, gh_s):
