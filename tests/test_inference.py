@@ -134,6 +134,21 @@ def test_multi_label_uses_sigmoid_and_lists_every_label(tmp_path):
     assert result.predicted() == [expected]
 
 
+def test_model_trained_with_tta_predicts_with_it(tmp_path):
+    model, _ = saved_model(tmp_path / "plain")
+    saved_model(tmp_path / "tta")
+    config = (tmp_path / "tta" / "model.json")
+    config.write_text(config.read_text().replace('"task"', '"tta": true, "task"'))
+    x = torch.randn(3, 1, 32, 32)
+    plain = Predictor.from_checkpoint(tmp_path / "plain", device="cpu")
+    tta = Predictor.from_checkpoint(tmp_path / "tta", device="cpu")
+    assert tta.tta and not plain.tta
+    with torch.no_grad():
+        mirrored = model(x.flip(-1)).softmax(-1).numpy()
+    np.testing.assert_allclose(tta.predict_batch(x), (plain.predict_batch(x) + mirrored) / 2, rtol=1e-5, atol=1e-7)
+    assert np.abs(tta.predict_batch(x) - plain.predict_batch(x)).max() > 1e-4
+
+
 pydicom = pytest.importorskip("pydicom")
 
 

@@ -151,6 +151,7 @@ class Predictor:
         self.img_size = int(config.get("img_size", 224))
         self.classes = [str(c) for c in config.get("classes") or range(model.num_classes)]
         self.multi_label = str(config.get("task", "")).startswith("multi-label")
+        self.tta = bool(config.get("tta", False))  # as the model was validated: averaged with the mirror
         self.transform = build_transform(self.img_size, self.channels, train=False,
                                          mean=config.get("mean", 0.5), std=config.get("std", 0.5))
 
@@ -167,8 +168,10 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor) -> np.ndarray:
         """Preprocessed (batch, channels, img_size, img_size) images -> class probabilities."""
-        logits = self.model(images.to(self.device)).float()
-        return class_probabilities(logits, self.multi_label).cpu().numpy()
+        images = images.to(self.device)
+        views = (images, images.flip(-1)) if self.tta else (images,)
+        probs = sum(class_probabilities(self.model(v).float(), self.multi_label) for v in views) / len(views)
+        return probs.cpu().numpy()
 
     def warm_up(self):
         """One tiny forward pass, so JIT compilation is not counted as prediction time."""

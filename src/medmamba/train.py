@@ -453,7 +453,8 @@ class Trainer:
         return {"model": self.cfg["model"], "model_args": self.cfg["model_args"], "num_classes": self.data.num_classes,
                 "in_chans": self.data.channels, "classes": list(self.data.classes), "task": self.data.task,
                 "img_size": d["img_size"], "mean": d["mean"], "std": d["std"], "dataset": self.data.name,
-                "epoch": self.state.best_epoch, "monitor": self.cfg["monitor"], "value": self.state.best}
+                "tta": self.cfg["tta"], "epoch": self.state.best_epoch, "monitor": self.cfg["monitor"],
+                "value": self.state.best}
 
     def test(self, split: str = "test") -> tuple[dict, dict]:
         """Evaluate the best checkpoint on ``split``; write the report under output/eval_<split>."""
