@@ -186,6 +186,28 @@ def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
     assert bad.returncode == 2 and "5 classes" in bad.stderr and "2" in bad.stderr
 
 
+def test_ensemble_of_runs_averages_their_probabilities(tmp_path):
+    from medmamba.evaluate import evaluate_runs, run_predictions
+    runs = [tmp_path / "a", tmp_path / "b"]
+    train(tiny_cfg("epochs=1", "seed=1"), runs[0], progress=False, test_split=None)
+    train(tiny_cfg("epochs=1", "seed=2", "tta=true"), runs[1], progress=False, test_split=None)
+    each = [run_predictions(r, "val") for r in runs]
+    metrics, labels, probs, _, used = evaluate_runs(runs, "val")
+    np.testing.assert_allclose(probs, (each[0][1] + each[1][1]) / 2, rtol=1e-6)
+    assert not np.allclose(each[0][1], each[1][1]) and [c["tta"] for c, _ in used] == [False, True]
+    assert metrics["n"] == len(labels) == 40
+    cli = "import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))"
+    no_out = run_python(cli, "evaluate", *runs, "--split", "val", check=False)
+    assert no_out.returncode == 2 and "needs --output" in no_out.stderr
+    ok = run_python(cli, "evaluate", *runs, "--split", "val", "--output", tmp_path / "ens")
+    assert "| accuracy |" in ok.stdout
+    report = json.loads((tmp_path / "ens" / "report.json").read_text())
+    assert report["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    train(tiny_cfg("epochs=1", "data.medmnist=pneumoniamnist"), tmp_path / "p", progress=False, test_split=None)
+    with pytest.raises(MedMambaError, match="an ensemble needs the same dataset"):
+        evaluate_runs([runs[0], tmp_path / "p"], "val")
+
+
 def test_torchrun_two_processes_match_one(tmp_path):
     # no augmentation or stochastic depth (each rank draws its own), cross-rank batch norm
     overrides = TINY + ["augment.hflip=0", "drop_path_rate=0", "epochs=2", "threads=1", "data.max_samples=32"]

@@ -81,31 +81,28 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .config import load_config
-    from .data.builder import build_data
     from .errors import MedMambaError
-    from .evaluate import evaluate, metrics_table, write_report
-    from .models import create_model
-    from .checkpoint import load_checkpoint
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise MedMambaError(f"{run}: not a training output folder (no config.yaml)")
-    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    cfg = load_config(run / "config.yaml", overrides)
+    from .evaluate import evaluate_runs, metrics_table, write_report
+    runs = [Path(r) for r in args.run]
     named = args.checkpoint in ("best", "last")
-    weights = run / "checkpoints" / args.checkpoint / "model.safetensors" if named else Path(args.checkpoint)
-    out = Path(args.output) if args.output else run / f"eval_{args.split}_{args.checkpoint if named else weights.stem}"
+    if len(runs) > 1 and not named:
+        raise MedMambaError("--checkpoint with a weights file takes one run; an ensemble uses best or last of each")
+    if args.output:
+        out = Path(args.output)
+    elif len(runs) > 1:
+        raise MedMambaError(f"an ensemble of {len(runs)} runs needs --output for its report")
+    else:
+        out = runs[0] / f"eval_{args.split}_{args.checkpoint if named else Path(args.checkpoint).stem}"
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise MedMambaError(f"{out} exists; pass --overwrite to replace that report or --output for another folder")
-    data = build_data(cfg, splits=(args.split,))
-    model = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.channels,
-                         scan_backend=cfg["scan_backend"], **cfg["model_args"])
-    load_checkpoint(model, weights, new_head_ok=False)
-    device = "cuda" if torch_cuda() else "cpu"
-    metrics, labels, probs = evaluate(model.to(device), data.splits[args.split], data.task, data.classes,
-                                      cfg["eval_batch_size"], device, cfg["amp"], progress=True, tta=cfg["tta"])
-    paths = write_report(out, metrics, labels, probs, data.classes, f"{cfg['model']} on {data.name} ({args.split})",
-                         data.name, extra={"checkpoint": str(weights), "split": args.split, "tta": cfg["tta"]})
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    metrics, labels, probs, data, used = evaluate_runs(runs, args.split, args.checkpoint, overrides, progress=True)
+    cfg = used[0][0]
+    what = cfg["model"] if len(runs) == 1 else f"ensemble of {len(runs)} runs"
+    extra = {"split": args.split, "checkpoint": [str(w) for _, w in used] if len(runs) > 1 else str(used[0][1]),
+             "tta": [c["tta"] for c, _ in used] if len(runs) > 1 else cfg["tta"]}
+    paths = write_report(out, metrics, labels, probs, data.classes, f"{what} on {data.name} ({args.split})",
+                         data.name, extra=extra)
     print(metrics_table(metrics))
     print(f"\nreport: {paths['md']}")
     return 0
@@ -249,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="config overrides, e.g. optimizer.lr=3e-4 epochs=10")
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("evaluate", help="metrics, report and plots of a trained run on a split")
-    ev.add_argument("run", help="training output folder")
-    ev.add_argument("--checkpoint", default="best", help="best, last, or a weights file")
+    ev = sub.add_parser("evaluate", help="metrics, report and plots of a trained run (or an ensemble) on a split")
+    ev.add_argument("run", nargs="+", help="training output folder; several: their probabilities averaged")
+    ev.add_argument("--checkpoint", default="best", help="best, last, or a weights file (one run)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--output", help="report folder (default: RUN/eval_<split>_<checkpoint>)")
     ev.add_argument("--overwrite", action="store_true")

@@ -71,6 +71,55 @@ def evaluate(model, dataset, task: str, class_names, batch_size=64, device="cpu"
     return classification_metrics(labels, probs, task, class_names), labels, probs
 
 
+def run_predictions(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", overrides=(),
+                    device=None, progress: bool = False):
+    """(labels, probabilities, data, cfg, weights) of a training output folder's checkpoint on ``split``,
+    with the data handling and test-time augmentation that the run was trained and validated with."""
+    from .checkpoint import load_checkpoint
+    from .config import load_config
+    from .data.builder import build_data
+    from .errors import MedMambaError
+    from .models import create_model
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise MedMambaError(f"{run}: not a training output folder (no config.yaml)")
+    cfg = load_config(run / "config.yaml", overrides)
+    named = checkpoint in ("best", "last")
+    weights = run / "checkpoints" / checkpoint / "model.safetensors" if named else Path(checkpoint)
+    data = build_data(cfg, splits=(split,))
+    model = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.channels,
+                         scan_backend=cfg["scan_backend"], **cfg["model_args"])
+    load_checkpoint(model, weights, new_head_ok=False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    labels, probs = predict(model.to(device), data.splits[split], cfg["eval_batch_size"], device, cfg["amp"],
+                            data.task.startswith("multi-label"), progress=progress, tta=cfg["tta"])
+    return labels, probs, data, cfg, weights
+
+
+def evaluate_runs(runs, split: str = "test", checkpoint: str = "best", overrides=(), device=None,
+                  progress: bool = False):
+    """Metrics of one training run, or of the ensemble of several (their class probabilities averaged), on
+    ``split``. Returns (metrics, labels, probs, data, [(cfg, weights) of each run]). The runs must be on the
+    same dataset and classes; each keeps its own input size, normalisation and test-time augmentation."""
+    from .errors import MedMambaError
+    if not runs:
+        raise MedMambaError("no training run to evaluate")
+    labels = data = None
+    probs, used = [], []
+    for run in runs:
+        y, p, d, cfg, weights = run_predictions(run, split, checkpoint, overrides, device, progress)
+        if data is not None and (d.name, list(d.classes), d.task) != (data.name, list(data.classes), data.task):
+            raise MedMambaError(f"{run}: trained on {d.name} {list(d.classes)}, not {data.name} {list(data.classes)} "
+                                f"like {runs[0]}; an ensemble needs the same dataset and classes")
+        if labels is not None and not np.array_equal(y, labels):
+            raise MedMambaError(f"{run}: its {split} split differs from that of {runs[0]}")
+        labels, data = y, d
+        probs.append(p)
+        used.append((cfg, weights))
+    mean = np.mean(probs, axis=0)
+    return classification_metrics(labels, mean, data.task, data.classes), labels, mean, data, used
+
+
 def _fmt(v):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
