@@ -83,7 +83,9 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from .errors import MedMambaError
     from .evaluate import evaluate_runs, metrics_table, write_report
-    runs = [Path(r) for r in args.run]
+    # One positional list: runs, then config overrides (key=value) for the data, e.g. data.root=... tta=true
+    runs = [Path(r) for r in args.run if "=" not in r or Path(r).exists()]
+    overrides = [r for r in args.run if "=" in r and not Path(r).exists()]
     named = args.checkpoint in ("best", "last")
     if len(runs) > 1 and not named:
         raise MedMambaError("--checkpoint with a weights file takes one run; an ensemble uses best or last of each")
@@ -95,7 +97,7 @@ def _evaluate(args) -> int:
         out = runs[0] / f"eval_{args.split}_{args.checkpoint if named else Path(args.checkpoint).stem}"
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise MedMambaError(f"{out} exists; pass --overwrite to replace that report or --output for another folder")
-    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    overrides += [f"data.root={args.data_root}"] if args.data_root else []
     metrics, labels, probs, data, used = evaluate_runs(runs, args.split, args.checkpoint, overrides, progress=True)
     cfg = used[0][0]
     what = cfg["model"] if len(runs) == 1 else f"ensemble of {len(runs)} runs"
@@ -247,13 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="metrics, report and plots of a trained run (or an ensemble) on a split")
-    ev.add_argument("run", nargs="+", help="training output folder; several: their probabilities averaged")
+    ev.add_argument("run", nargs="+", metavar="RUN",
+                    help="training output folder(s), several: their probabilities averaged; then config "
+                         "overrides applied to every run, e.g. data.root=... tta=true")
     ev.add_argument("--checkpoint", default="best", help="best, last, or a weights file (one run)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--output", help="report folder (default: RUN/eval_<split>_<checkpoint>)")
     ev.add_argument("--overwrite", action="store_true")
     ev.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
-    ev.add_argument("overrides", nargs="*", help="config overrides for the data, e.g. data.root=...")
     ev.set_defaults(func=_evaluate)
     def add_model_options(p):
         p.add_argument("checkpoint", help="weights with model.json beside them, a checkpoint folder, or a training run")
