@@ -27,6 +27,17 @@ def class_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor
     return torch.sigmoid(logits) if multi_label else logits.softmax(-1)
 
 
+def model_probabilities(model, x: torch.Tensor, multi_label: bool, tta: bool = False, device="cpu",
+                        amp: Optional[str] = None) -> torch.Tensor:
+    """Class probabilities of a batch; with ``tta`` averaged with those of the horizontal mirror images."""
+    views = (x, x.flip(-1)) if tta else (x,)
+    total = 0
+    for view in views:
+        with autocast(device, amp):
+            total = total + class_probabilities(model(view).float(), multi_label)
+    return total / len(views)
+
+
 @torch.no_grad()
 def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[str] = None, multi_label=False,
             num_workers: int = 0, progress: bool = False, tta: bool = False):
@@ -44,12 +55,7 @@ def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[st
     labels, probs = [], []
     for x, y in loader:
         x = x.to(device, non_blocking=True)
-        views = (x, x.flip(-1)) if tta else (x,)
-        p = 0
-        for view in views:
-            with autocast(device, amp):
-                p = p + class_probabilities(model(view).float(), multi_label)
-        probs.append((p / len(views)).cpu())
+        probs.append(model_probabilities(model, x, multi_label, tta, device, amp).cpu())
         labels.append(y)
     labels = torch.cat(labels).numpy() if labels else np.zeros((0,))
     probs = torch.cat(probs).numpy() if probs else np.zeros((0, 0))

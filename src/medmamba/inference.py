@@ -23,7 +23,7 @@ from .checkpoint import read_model_config, resolve_weights
 from .data.folders import IMAGE_SUFFIXES, read_image
 from .data.transforms import build_transform
 from .errors import CheckpointError, DataError
-from .evaluate import class_probabilities
+from .evaluate import model_probabilities
 from .files import atomic_write_text
 from .models import create_model
 
@@ -168,9 +168,7 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor) -> np.ndarray:
         """Preprocessed (batch, channels, img_size, img_size) images -> class probabilities."""
-        images = images.to(self.device)
-        views = (images, images.flip(-1)) if self.tta else (images,)
-        probs = sum(class_probabilities(self.model(v).float(), self.multi_label) for v in views) / len(views)
+        probs = model_probabilities(self.model, images.to(self.device), self.multi_label, self.tta, self.device)
         return probs.cpu().numpy()
 
     def warm_up(self):
