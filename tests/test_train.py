@@ -58,6 +58,21 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
     assert model.head.out_features == 2
 
 
+def test_fine_tuning_starts_from_another_runs_best_weights(tmp_path):
+    from medmamba.train import Trainer
+    first = tmp_path / "first"
+    train(tiny_cfg(), first, progress=False, test_split=None)
+    best = load_file(str(first / "checkpoints" / "best" / "model.safetensors"))
+    fresh = Trainer(tiny_cfg(), tmp_path / "fresh", progress=False).model.state_dict()
+    # the run folder itself names its best checkpoint, as in configs/breastmnist_transfer.yaml
+    tuned = Trainer(tiny_cfg(f"pretrained={first}", "seed=1"), tmp_path / "tuned", progress=False).model.state_dict()
+    assert set(tuned) == set(best)
+    assert all(torch.equal(tuned[k], best[k]) for k in best)
+    assert not all(torch.equal(fresh[k], best[k]) for k in best)
+    with pytest.raises(MedMambaError, match="holds no model.safetensors"):
+        Trainer(tiny_cfg(f"pretrained={tmp_path / 'fresh'}"), tmp_path / "none", progress=False)
+
+
 KILL_AT_STEP = 7  # epoch 2 of 3, two steps in; the last checkpoint before it is step 6 (save_every_steps=2)
 DRIVER = """
 import os, signal, sys

@@ -12,7 +12,7 @@ from .errors import MedMambaError
 DEFAULTS: dict[str, Any] = {
     "model": "medmamba_t",
     "model_args": {},           # overrides of the variant, e.g. {depths: [1, 1], dims: [8, 16]}
-    "pretrained": None,         # checkpoint path to start from
+    "pretrained": None,         # weights to start from: a checkpoint file, or a training run's output folder (its best)
     "drop_path_rate": 0.1,
     "scan_backend": "auto",
     "data": {

@@ -340,7 +340,8 @@ def _build(variant: str, pretrained=None, features_only=False, **kwargs):
         kwargs.pop(key, None)
     config = None
     if pretrained and not isinstance(pretrained, bool):
-        from ..checkpoint import CheckpointError, read_model_config
+        from ..checkpoint import CheckpointError, read_model_config, resolve_weights
+        pretrained = resolve_weights(pretrained)  # also a checkpoint folder or a training run's output folder
         config = read_model_config(pretrained)
         if config is not None:
             if config["model"] != variant:
