@@ -1,0 +1,91 @@
+"""Validation and test metrics after every epoch of a recipe, and a plot of several such runs: how the recipes'
+length, checkpoint choice and pretraining were decided. The test split is only recorded here; the training
+never sees it (checkpoint choice and early stopping still use the validation split).
+
+    .venv/bin/python benchmarks/learning_curves.py run configs/breastmnist.yaml /tmp/lc/scratch --data-root \\
+        ../shared/medmnist epochs=60 monitor=loss threads=1
+    .venv/bin/python benchmarks/learning_curves.py plot /tmp/lc/scratch /tmp/lc/transfer --output curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+CURVES = "curves.json"
+
+
+def run(recipe: str, output: str, data_root: str, overrides: list[str]):
+    from medmamba.config import load_config
+    from medmamba.evaluate import evaluate
+    from medmamba.train import Trainer
+
+    class CurveTrainer(Trainer):
+        def validate(self):
+            val = super().validate()
+            test, _, _ = evaluate(self.eval_model(), self.data.splits["test"], self.data.task, self.data.classes,
+                                  self.cfg["eval_batch_size"], self.device, self.cfg["amp"], tta=self.cfg["tta"])
+            self.curve.append(dict(epoch=len(self.curve) + 1, val_loss=val["loss"], val_acc=val["accuracy"],
+                                   val_auc=val["auc"], test_acc=test["medmnist"]["acc"],
+                                   test_auc=test["medmnist"]["auc"]))
+            print("curve " + json.dumps(self.curve[-1]), flush=True)
+            return val
+
+    cfg = load_config(recipe, [f"data.root={data_root}", *overrides])
+    trainer = CurveTrainer(cfg, output, overwrite=True)
+    trainer.curve = []
+    trainer.fit()
+    (Path(output) / CURVES).write_text(json.dumps(dict(recipe=recipe, overrides=overrides, curve=trainer.curve,
+                                                       best_epoch=trainer.state.best_epoch), indent=1))
+
+
+def plot(runs: list[str], labels: list[str] | None, output: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for i, folder in enumerate(runs):
+        data = json.loads((Path(folder) / CURVES).read_text())
+        label = labels[i] if labels else Path(folder).name
+        epochs = [row["epoch"] for row in data["curve"]]
+        color = f"C{i}"
+        axes[0].plot(epochs, [r["val_loss"] for r in data["curve"]], color=color, label=label)
+        axes[1].plot(epochs, [r["val_auc"] for r in data["curve"]], color=color, label=label)
+        axes[2].plot(epochs, [r["test_auc"] for r in data["curve"]], color=color, label=label)
+        best = data["best_epoch"]
+        axes[2].plot([best], [data["curve"][best - 1]["test_auc"]], "o", color=color)
+    for ax, title in zip(axes, ("validation loss", "validation AUC", "test AUC (dot: the checkpoint kept)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(0.6, 1.0)
+    axes[2].set_ylim(0.6, 1.0)
+    axes[2].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    print(f"wrote {output}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train a recipe, recording validation and test metrics each epoch")
+    p.add_argument("recipe")
+    p.add_argument("output")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("overrides", nargs="*", help="key=value")
+    p = sub.add_parser("plot", help="plot the curves of several runs")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--labels", nargs="+")
+    p.add_argument("--output", required=True)
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.recipe, args.output, args.data_root, args.overrides)
+    else:
+        if args.labels and len(args.labels) != len(args.runs):
+            parser.error(f"{len(args.labels)} labels for {len(args.runs)} runs")
+        plot(args.runs, args.labels, args.output)
+
+
+if __name__ == "__main__":
+    main()
