@@ -3,7 +3,7 @@ length, checkpoint choice and pretraining were decided. The test split is only r
 never sees it (checkpoint choice and early stopping still use the validation split).
 
     .venv/bin/python benchmarks/learning_curves.py run configs/breastmnist.yaml /tmp/lc/scratch --data-root \\
-        ../shared/medmnist epochs=60 monitor=loss threads=1
+        ../shared/medmnist --set epochs=60 monitor=loss threads=1
     .venv/bin/python benchmarks/learning_curves.py plot /tmp/lc/scratch /tmp/lc/transfer --output curves.png
 """
 from __future__ import annotations
@@ -73,14 +73,14 @@ def main():
     p.add_argument("recipe")
     p.add_argument("output")
     p.add_argument("--data-root", required=True)
-    p.add_argument("overrides", nargs="*", help="key=value")
+    p.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
     p = sub.add_parser("plot", help="plot the curves of several runs")
     p.add_argument("runs", nargs="+")
     p.add_argument("--labels", nargs="+")
     p.add_argument("--output", required=True)
     args = parser.parse_args()
     if args.command == "run":
-        run(args.recipe, args.output, args.data_root, args.overrides)
+        run(args.recipe, args.output, args.data_root, args.set)
     else:
         if args.labels and len(args.labels) != len(args.runs):
             parser.error(f"{len(args.labels)} labels for {len(args.runs)} runs")
