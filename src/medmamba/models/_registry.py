@@ -18,7 +18,8 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def create_model(name: str, pretrained=None, num_classes: int | None = None, in_chans: int | None = None,
                  features_only: bool = False, **kwargs):
-    """Build a registered model, optionally loading weights from ``pretrained`` (a checkpoint path).
+    """Build a registered model, optionally loading weights from ``pretrained``: a weights file, a checkpoint
+    folder, or a training output folder (its best checkpoint).
 
     ``num_classes=0`` gives a model returning pooled features; ``features_only=True`` (with ``out_indices``)
     a backbone returning each requested stage's NCHW map. Other keyword arguments override the variant's.
