@@ -26,45 +26,44 @@ VIEW_SETS = {
 
 
 def views(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every view of a batch, each also mirrored (the name then ends in "|m") except "plain"/"mirror"."""
+    """Every view of a batch: "plain", "mirror", and each extra view beside its own mirror (name + "|m")."""
     import torchvision.transforms.v2.functional as F
     bilinear = F.InterpolationMode.BILINEAR
-    out = {"plain": x, "mirror": x.flip(-1)}
-    out.update({f"rot{a}": F.rotate(x, a, interpolation=bilinear) for a in (-10, 10)})
-    out.update({f"zoom{s}": F.affine(x, angle=0.0, translate=[0, 0], scale=s, shear=[0.0], interpolation=bilinear)
-                for s in (0.9, 1.1)})
+    extra = {f"rot{a}": F.rotate(x, a, interpolation=bilinear) for a in (-10, 10)}
+    extra.update({f"zoom{s}": F.affine(x, angle=0.0, translate=[0, 0], scale=s, shear=[0.0],
+                                       interpolation=bilinear) for s in (0.9, 1.1)})
     shifts = {"shift-x": [-4, 0], "shift+x": [4, 0], "shift-y": [0, -4], "shift+y": [0, 4]}
-    out.update({k: F.affine(x, angle=0.0, translate=t, scale=1.0, shear=[0.0]) for k, t in shifts.items()})
+    extra.update({k: F.affine(x, angle=0.0, translate=t, scale=1.0, shear=[0.0]) for k, t in shifts.items()})
+    out = {"plain": x, "mirror": x.flip(-1)}
+    for name, view in extra.items():
+        out[name], out[name + "|m"] = view, view.flip(-1)
     return out
 
 
-def view_probabilities(run: str, split: str, overrides) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(labels, {view: positive-class probability}) of a run's best checkpoint on ``split``."""
-    from medmamba.checkpoint import load_checkpoint
-    from medmamba.config import load_config
-    from medmamba.data.builder import build_data
-    from medmamba.evaluate import class_probabilities
-    from medmamba.models import create_model
-    cfg = load_config(f"{run}/config.yaml", overrides)
-    data = build_data(cfg, splits=(split,))
-    model = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.channels, **cfg["model_args"])
-    load_checkpoint(model, f"{run}/checkpoints/best/model.safetensors", new_head_ok=False)
-    dataset = data.splits[split]
-    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    y = np.array([int(dataset[i][1]) for i in range(len(dataset))])
-    probs = {}
-    with torch.no_grad():
-        model.eval()
-        for name, v in views(x).items():
-            for key, image in ((name, v), (name + "|m", v.flip(-1))):
-                logits = torch.cat([model(image[i:i + 64]) for i in range(0, len(image), 64)])
-                probs[key] = class_probabilities(logits, False)[:, 1].numpy()
-    return y, probs
+@torch.no_grad()
+def view_probabilities(run: str, overrides) -> tuple[object, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
+    """(data, {split: (labels, {view: class probabilities})}) of a run's best checkpoint on val and test."""
+    from medmamba.evaluate import class_probabilities, load_run
+    model, data, cfg, _ = load_run(run, ("val", "test"), overrides=overrides)
+    model.eval()
+    batch = cfg["eval_batch_size"]
+    out = {}
+    for split, dataset in data.splits.items():
+        x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        y = np.array([int(dataset[i][1]) for i in range(len(dataset))])
+        probs = {}
+        for name, image in views(x).items():
+            logits = torch.cat([model(image[i:i + batch]) for i in range(0, len(image), batch)])
+            probs[name] = class_probabilities(logits, False).numpy()
+        out[split] = y, probs
+    return data, out
 
 
-def acc_auc(y, p) -> tuple[float, float]:
-    from sklearn.metrics import roc_auc_score
-    return float(((p > 0.5) == y).mean()), float(roc_auc_score(y, p))
+def acc_auc(data, y, probs) -> tuple[float, float]:
+    """MedMNIST's ACC and AUC, as the evaluate command computes them."""
+    from medmamba.metrics import classification_metrics
+    m = classification_metrics(y, probs, data.task, data.classes)["medmnist"]
+    return m["acc"], m["auc"]
 
 
 def average(probs: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
@@ -76,10 +75,10 @@ def average(probs: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
 def compare_views(runs, overrides):
     table = {}
     for run in runs:
-        for split in ("val", "test"):
-            y, probs = view_probabilities(run, split, overrides)
+        data, splits = view_probabilities(run, overrides)
+        for split, (y, probs) in splits.items():
             for name, names in VIEW_SETS.items():
-                table[run, split, name] = acc_auc(y, average(probs, names))
+                table[run, split, name] = acc_auc(data, y, average(probs, names))
         print(run, "  ".join(f"{n}: test {table[run, 'test', n][0]:.3f}/{table[run, 'test', n][1]:.3f}"
                              for n in VIEW_SETS), flush=True)
     print(f"\n{'views averaged':<18} {'val ACC/AUC':>12} {'test ACC/AUC':>13}  runs meeting ACC>=0.87 AUC>=0.91")
@@ -92,18 +91,17 @@ def compare_views(runs, overrides):
 
 def agreement(runs, overrides):
     from medmamba.evaluate import run_predictions
-    probs, y = [], None
+    probs, y, data = [], None, None
     for run in runs:
-        y, p, *_ = run_predictions(run, "test", overrides=overrides, device="cpu")
-        probs.append(p[:, 1])
+        y, p, data, *_ = run_predictions(run, "test", overrides=overrides, device="cpu")
+        probs.append(p)
     y, probs = np.asarray(y).ravel(), np.array(probs)
-    right = ((probs > 0.5) == y).sum(0)
-    print("test ACC of each run:", " ".join(f"{a:.3f}" for a in ((probs > 0.5) == y).mean(1)))
-    counts, positive = Counter(right.tolist()), Counter(right[y == 0].tolist())
+    right = probs.argmax(-1) == y
+    print("test ACC of each run:", " ".join(f"{a:.3f}" for a in right.mean(1)))
+    counts, positive = Counter(right.sum(0).tolist()), Counter(right.sum(0)[y == 0].tolist())
     for k in range(len(runs) + 1):
         print(f"right in {k:2d} of {len(runs)} runs: {counts[k]:3d} images ({positive[k]} of them class 0)")
-    ens = probs.mean(0)
-    print("ensemble of all runs: ACC %.3f AUC %.3f" % acc_auc(y, ens))
+    print("ensemble of all runs: ACC %.3f AUC %.3f" % acc_auc(data, y, probs.mean(0)))
 
 
 def main():

@@ -77,10 +77,9 @@ def evaluate(model, dataset, task: str, class_names, batch_size=64, device="cpu"
     return classification_metrics(labels, probs, task, class_names), labels, probs
 
 
-def run_predictions(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", overrides=(),
-                    device=None, progress: bool = False):
-    """(labels, probabilities, data, cfg, weights) of a training output folder's checkpoint on ``split``,
-    with the data handling and test-time augmentation that the run was trained and validated with."""
+def load_run(run: str | os.PathLike, splits=("test",), checkpoint: str = "best", overrides=()):
+    """(model, data, cfg, weights) of a training output folder: its checkpoint (``best``, ``last`` or a weights
+    file) in the model it was trained as, and ``splits`` of its data with the run's own data handling."""
     from .checkpoint import load_checkpoint
     from .config import load_config
     from .data.builder import build_data
@@ -92,10 +91,18 @@ def run_predictions(run: str | os.PathLike, split: str = "test", checkpoint: str
     cfg = load_config(run / "config.yaml", overrides)
     named = checkpoint in ("best", "last")
     weights = run / "checkpoints" / checkpoint / "model.safetensors" if named else Path(checkpoint)
-    data = build_data(cfg, splits=(split,))
+    data = build_data(cfg, splits=tuple(splits))
     model = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.channels,
                          scan_backend=cfg["scan_backend"], **cfg["model_args"])
     load_checkpoint(model, weights, new_head_ok=False)
+    return model, data, cfg, weights
+
+
+def run_predictions(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", overrides=(),
+                    device=None, progress: bool = False):
+    """(labels, probabilities, data, cfg, weights) of a training output folder's checkpoint on ``split``,
+    with the data handling and test-time augmentation that the run was trained and validated with."""
+    model, data, cfg, weights = load_run(run, (split,), checkpoint, overrides)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     labels, probs = predict(model.to(device), data.splits[split], cfg["eval_batch_size"], device, cfg["amp"],
                             data.task.startswith("multi-label"), progress=progress, tta=cfg["tta"])
