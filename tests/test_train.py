@@ -164,6 +164,36 @@ def test_options_ema_weights_sgd_schedule_and_early_stopping(tmp_path):
     assert isinstance(trainer.optimizer, torch.optim.SGD)
 
 
+def test_layer_decay_scales_lr_from_head_to_stem_through_the_schedule():
+    from medmamba.models import create_model
+    from medmamba.train import build_optimizer, lr_factor
+    pytest.importorskip("timm")
+    model = create_model("medmamba_t", num_classes=2, depths=(1, 2, 1, 1), dims=8)
+    cfg = load_config(None, ["optimizer.lr=0.01", "optimizer.layer_decay=0.5", "epochs=4"])
+    opt = build_optimizer(model, cfg)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert sorted(lr_of) == sorted(id(p) for p in names.values())  # every parameter once
+    lr = {n: lr_of[id(p)][0] for n, p in names.items()}
+    # 7 groups: stem, the 5 blocks (each Patch-M with its stage's last block), head
+    assert lr["head.weight"] == pytest.approx(0.01)
+    assert lr["layers.3.blocks.0.ln_1.weight"] == pytest.approx(0.005)
+    assert lr["layers.1.blocks.1.ln_1.weight"] == lr["layers.1.downsample.reduction.weight"] == pytest.approx(0.01 / 8)
+    assert lr["layers.1.blocks.0.ln_1.weight"] == pytest.approx(0.01 / 16)
+    assert lr["patch_embed.proj.weight"] == pytest.approx(0.01 / 64)
+    wd = {n: lr_of[id(p)][1] for n, p in names.items()}
+    a_logs = next(n for n in names if n.endswith("A_logs"))
+    assert wd["head.weight"] == 0.05 and wd["head.bias"] == 0.0 and wd[a_logs] == 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, 3))
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    ratios = {g["lr"] / g["initial_lr"] for g in opt.param_groups}
+    assert len(ratios) == 1 and ratios.pop() < 1  # the schedule moves every group by the same factor
+    with pytest.raises(MedMambaError, match="layer_decay must be in"):
+        build_optimizer(model, load_config(None, ["optimizer.layer_decay=1.5"]))
+
+
 def test_cli_bad_inputs_are_one_line(tmp_path):
     def cli(*args):
         return run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", *args,

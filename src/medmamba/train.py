@@ -115,11 +115,24 @@ def _tuplify(x):
 def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     o = cfg["optimizer"]
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.get("layer_decay") is not None:
+        if not 0 < o["layer_decay"] <= 1:
+            raise MedMambaError(f"optimizer.layer_decay must be in (0, 1]; got {o['layer_decay']}")
+        try:
+            from timm.optim import param_groups_layer_decay
+        except ImportError:
+            raise MedMambaError("optimizer.layer_decay needs timm: pip install 'medmamba[timm]'") from None
+        # BEiT's layer-wise decay as timm implements it; the model's group_matcher orders the blocks.
+        groups = param_groups_layer_decay(model, o["weight_decay"], no_weight_decay_list=skip,
+                                          layer_decay=o["layer_decay"])
+        for g in groups:
+            g["lr"] = o["lr"] * g.pop("lr_scale")
+    else:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     name = o["name"].lower()
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
@@ -359,7 +372,7 @@ class Trainer:
             self.state.loss_sum += loss.item() * len(x)
             self.state.loss_count += len(x)
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{max(self.scheduler.get_last_lr()):.2e}")
                 bar.update(1)
             every = self.cfg["save_every_steps"]
             if every and self.state.global_step % every == 0:
@@ -423,7 +436,7 @@ class Trainer:
                 self.state.best, self.state.best_epoch, self.state.bad_epochs = value, epoch + 1, 0
             else:
                 self.state.bad_epochs += 1
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.scheduler.get_last_lr()[0],
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": max(self.scheduler.get_last_lr()),
                    "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"], "val_f1": val["f1"],
                    "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
                    "best_epoch": self.state.best_epoch, "seconds": time.time() - t0}

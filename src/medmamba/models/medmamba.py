@@ -242,6 +242,12 @@ class MedMamba(nn.Module):
     def no_weight_decay(self):
         return {name for name, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """Parameter groups from input to head, for timm's layer-wise lr decay (each Patch-M ends its stage)."""
+        return dict(stem=r"^patch_embed", blocks=r"^layers\.(\d+)" if coarse else [
+            (r"^layers\.(\d+)\.blocks\.(\d+)", None), (r"^layers\.(\d+)\.downsample", (99999,))])
+
     def set_scan_backend(self, backend: str):
         for m in self.modules():
             if isinstance(m, SS2D):
