@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "eval_batch_size": 64,
     "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9, "betas": [0.9, 0.999],
-                  "layer_decay": None},  # e.g. 0.75: each block's lr x0.75 per block nearer the input (fine-tuning)
+                  "layer_decay": None},  # e.g. 0.8: lr x0.8 per block nearer the input (fine-tuning; needs timm)
     "schedule": {"name": "cosine", "warmup_epochs": 1, "min_lr_ratio": 0.01},
     "amp": None,                # null, "bf16" or "fp16"
     "clip_grad": None,          # max gradient norm
