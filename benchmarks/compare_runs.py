@@ -50,7 +50,7 @@ def view_probabilities(run: str, overrides) -> tuple[object, dict[str, tuple[np.
     out = {}
     for split, dataset in data.splits.items():
         x = torch.stack([dataset[i][0] for i in range(len(dataset))])
-        y = np.array([int(dataset[i][1]) for i in range(len(dataset))])
+        y = np.asarray(dataset.labels).astype(int)
         probs = {}
         for name, image in views(x).items():
             logits = torch.cat([model(image[i:i + batch]) for i in range(0, len(image), batch)])

@@ -66,13 +66,12 @@ def main():
     for name in [args.only] if args.only else DATASETS:
         extra, pre_wall = [], 0.0
         if name in PRETRAIN:
-            source, source_set = PRETRAIN[name]
-            if (source, source_set) not in pretrained:
-                pre = run_recipe(source, 0, Path(args.output) / f"{source}-for-{name}", args, source_set)
-                pretrained[source, source_set] = pre
-                rows.append(dict(pre, model=f"MedMamba-T, {', '.join(source_set)}, pretraining for {name}"))
-            extra = [f"pretrained={pretrained[source, source_set]['output']}"]
-            pre_wall = pretrained[source, source_set]["wall_s"]
+            source, source_set = key = PRETRAIN[name]
+            if key not in pretrained:
+                pretrained[key] = run_recipe(source, 0, Path(args.output) / f"{source}-for-{name}", args, source_set)
+                rows.append(dict(pretrained[key], model=f"MedMamba-T, {', '.join(source_set)}, pretraining for {name}"))
+            extra = [f"pretrained={pretrained[key]['output']}"]
+            pre_wall = pretrained[key]["wall_s"]
         single = []
         for seed in args.seeds:
             out = Path(args.output) / name / (f"seed{seed}" if len(args.seeds) > 1 else "")
