@@ -2,10 +2,13 @@
 
 * ``views``: validation and test ACC/AUC of each run's best checkpoint when its probabilities are averaged over
   other test-time views than the mirror image (small rotations, zooms, shifts), and the mean over runs;
-* ``agreement``: how many runs get each test image right, and the ensemble of all runs.
+* ``agreement``: how many runs get each test image right, and the ensemble of all runs; with ``--plot``, the
+  test images that no run gets right, and which test images are near-copies of a training or validation image
+  with another label.
 
     .venv/bin/python benchmarks/compare_runs.py views /tmp/d/D /tmp/d/D1 ... --data-root ../shared/medmnist
-    .venv/bin/python benchmarks/compare_runs.py agreement /tmp/d/D /tmp/d/D1 ... --data-root ../shared/medmnist
+    .venv/bin/python benchmarks/compare_runs.py agreement /tmp/d/D /tmp/d/D1 ... --data-root ../shared/medmnist \
+        --plot docs/breastmnist_hard.png
 """
 from __future__ import annotations
 
@@ -89,7 +92,50 @@ def compare_views(runs, overrides):
         print(f"{name:<18} {val[0]:.3f}/{val[1]:.3f}  {test.mean(0)[0]:.3f}/{test.mean(0)[1]:.3f}   {met} of {len(runs)}")
 
 
-def agreement(runs, overrides):
+def conflicting_twins(test_set, threshold=0.98):
+    """{test index: (split, index, label)} for test images whose near-copy in the train or validation split
+    (pixel correlation above ``threshold``) carries another label: no model that fits its training data gets
+    those right."""
+    from medmamba.data.medmnist import load_medmnist_split
+
+    def unit(images):
+        x = images.reshape(len(images), -1).astype(np.float64)
+        x -= x.mean(1, keepdims=True)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    test = unit(test_set.images)
+    twins = {}
+    for split in ("train", "val"):
+        images, labels = load_medmnist_split(test_set.path, split, test_set.info)
+        corr = test @ unit(images).T
+        for i, j in zip(*np.nonzero(corr > threshold)):
+            if labels[j, 0] != test_set.labels[i] and i not in twins:
+                twins[int(i)] = (split, int(j), int(labels[j, 0]))
+    return twins
+
+
+def plot_missed(images, y, p_true, notes, class_names, path, n_runs):
+    """The test images every run gets wrong, as stored in the dataset, each titled with its true class and the
+    probability the ensemble gives that class."""
+    from medmamba.plots import _pyplot
+    plt = _pyplot()
+    cols = min(6, len(images))
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, label, p, note in zip(axes.ravel(), images, y, p_true, notes):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{class_names[label]}, p = {p:.2f}" + (f"\n{note}" if note else ""), fontsize=7)
+    fig.suptitle(f"Test images wrong in all {n_runs} runs (p: ensemble's probability of the true class)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print("missed images:", path)
+
+
+def agreement(runs, overrides, plot=None):
     from medmamba.evaluate import run_predictions
     probs, y, data = [], None, None
     for run in runs:
@@ -102,6 +148,17 @@ def agreement(runs, overrides):
     for k in range(len(runs) + 1):
         print(f"right in {k:2d} of {len(runs)} runs: {counts[k]:3d} images ({positive[k]} of them class 0)")
     print("ensemble of all runs: ACC %.3f AUC %.3f" % acc_auc(data, y, probs.mean(0)))
+    if plot:
+        test_set = data.splits["test"]
+        missed = np.flatnonzero(right.sum(0) == 0)
+        twins = conflicting_twins(test_set)
+        for i, (split, j, label) in sorted(twins.items()):
+            print(f"test image {i} ({data.classes[y[i]]}, right in {right[:, i].sum()} of {len(runs)} runs) "
+                  f"is a near-copy of {split} image {j}, labelled {data.classes[label]}")
+        notes = [f"near-copy of {twins[i][0]} #{twins[i][1]}:\n{data.classes[twins[i][2]]}" if i in twins else ""
+                 for i in missed]
+        p_true = probs.mean(0)[missed, y[missed]]
+        plot_missed(test_set.images[missed], y[missed], p_true, notes, data.classes, plot, len(runs))
 
 
 def main():
@@ -110,10 +167,14 @@ def main():
     p.add_argument("runs", nargs="+", help="training output folders of one binary recipe")
     p.add_argument("--data-root", required=True)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plot", help="agreement: PNG of the test images that every run gets wrong")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     overrides = [f"data.root={args.data_root}"]
-    (compare_views if args.what == "views" else agreement)(args.runs, overrides)
+    if args.what == "views":
+        compare_views(args.runs, overrides)
+    else:
+        agreement(args.runs, overrides, args.plot)
 
 
 if __name__ == "__main__":
