@@ -1,4 +1,7 @@
 import http.server
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -10,7 +13,7 @@ from medmamba.data import (MedMNIST, build_transform, csv_manifest_splits, image
                            medmnist_info, medmnist_subsets, read_image)
 from medmamba.errors import DataError
 
-from .conftest import SHARED
+from .conftest import REPO, SHARED
 
 MEDMNIST = SHARED / "medmnist"
 needs_medmnist = pytest.mark.skipif(not (MEDMNIST / "breastmnist.npz").is_file(),
@@ -181,3 +184,37 @@ def test_csv_manifest(tmp_path):
     (tmp_path / "bad.csv").write_text("file,y\na.png,1\n")
     with pytest.raises(DataError, match="path,label"):
         csv_manifest_splits(tmp_path / "bad.csv")
+
+
+@needs_medmnist
+def test_pooled_manifest_script(tmp_path):
+    """benchmarks/pooled_manifest.py: two subsets as one CSV-manifest dataset, one test split left out; a
+    second run into the same folder, or a subset whose file is missing, is refused without touching anything."""
+    script = [sys.executable, str(REPO / "benchmarks" / "pooled_manifest.py")]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = tmp_path / "pool"
+    args = ["breastmnist", "pneumoniamnist", "--no-test", "breastmnist", "--data-root", str(MEDMNIST),
+            "--output", str(out)]
+    subprocess.run([*script, *args], env=env, check=True, capture_output=True)
+    splits, classes = csv_manifest_splits(out / "manifest.csv")
+    assert classes == ["breastmnist:malignant", "breastmnist:normal, benign", "pneumoniamnist:normal",
+                       "pneumoniamnist:pneumonia"]
+    breast = {s: MedMNIST("breastmnist", s, MEDMNIST) for s in ("train", "val")}
+    pneumonia = {s: MedMNIST("pneumoniamnist", s, MEDMNIST) for s in ("train", "val", "test")}
+    assert {k: len(v) for k, v in splits.items()} == {
+        "train": len(breast["train"]) + len(pneumonia["train"]), "val": len(breast["val"]) + len(pneumonia["val"]),
+        "test": len(pneumonia["test"])}
+    first_pneumonia = next(smp for smp in splits["train"] if smp[1] >= 2)
+    assert np.array_equal(np.asarray(Image.open(splits["train"][0][0])), breast["train"].images[0])
+    assert splits["train"][0][1] == breast["train"].labels[0]
+    assert np.array_equal(np.asarray(Image.open(first_pneumonia[0])), pneumonia["train"].images[0])
+    assert first_pneumonia[1] == 2 + pneumonia["train"].labels[0]
+
+    before = (out / "manifest.csv").read_bytes()
+    again = subprocess.run([*script, *args], env=env, capture_output=True, text=True)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert (out / "manifest.csv").read_bytes() == before
+    missing = subprocess.run([*script, "pathmnist", "--data-root", str(tmp_path / "empty"), "--output",
+                              str(tmp_path / "p2")], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "pathmnist.npz not found" in missing.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]
