@@ -35,6 +35,9 @@ def main():
     out = Path(args.output)
     if out.exists():  # never mixes into an earlier pool
         raise SystemExit(f"{out} already exists; give a new folder")
+    stray = sorted(set(args.no_test) - set(args.subsets))
+    if stray:
+        raise SystemExit(f"--no-test names subsets that are not pooled: {', '.join(stray)}")
     sources = []
     for name in args.subsets:
         try:
@@ -71,6 +74,7 @@ def main():
             raise SystemExit(str(e)) from None
         raise
     print(f"{len(rows)} images in {out / 'manifest.csv'}")
+
 
 if __name__ == "__main__":
     main()

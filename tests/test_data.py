@@ -217,4 +217,7 @@ def test_pooled_manifest_script(tmp_path):
     missing = subprocess.run([*script, "pathmnist", "--data-root", str(tmp_path / "empty"), "--output",
                               str(tmp_path / "p2")], env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "pathmnist.npz not found" in missing.stderr
+    stray = subprocess.run([*script, "breastmnist", "--no-test", "pneumoniamnist", "--data-root", str(MEDMNIST),
+                            "--output", str(tmp_path / "p3")], env=env, capture_output=True, text=True)
+    assert stray.returncode != 0 and "not pooled: pneumoniamnist" in stray.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]
