@@ -1,4 +1,4 @@
-"""The fused CPU backend against the reference: forward and every gradient, awkward shapes."""
+"""The fused CPU backend against the reference (and float64): forward and every gradient, awkward shapes."""
 import pytest
 import torch
 
@@ -32,18 +32,28 @@ def inputs(batch, dim, length, n, groups, with_D=True, with_bias=True, dtype=tor
 
 def run(backend, x, softplus, z=None):
     y = selective_scan(**x, z=z, delta_softplus=softplus, backend=backend)
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    # drawn in float32 whatever the dtype, so a float64 run of the same inputs gets the same output gradient
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.dtype)
     leaves = [x[k] for k in NAMES if x[k] is not None] + ([z] if z is not None else [])
     return y, dict(zip([k for k in NAMES if x[k] is not None] + (["z"] if z is not None else []),
                        torch.autograd.grad(y, leaves, gy)))
 
 
-def assert_backends_agree(x, softplus, tol=1e-5, z=None):
+def assert_backends_agree(x, softplus, tol=1e-5, z=None, backend="cpu"):
+    """``backend`` against the reference, forward and every gradient, both judged by the reference in float64
+    on the same values: A's gradient sums thousands of terms that cancel, so on some draws the float32
+    reference is itself 1e-5 off the truth (seen in CI). Each result must be within ``tol`` of float64, or no
+    further from it than four times the float32 reference is."""
+    def double(t):
+        return None if t is None else t.detach().double().requires_grad_()
+
     y_ref, g_ref = run("reference", x, softplus, z)
-    y_cpu, g_cpu = run("cpu", x, softplus, z)
-    assert y_cpu.dtype == y_ref.dtype and y_cpu.shape == y_ref.shape
-    errors = {"y": rel_err(y_cpu, y_ref), **{k: rel_err(g_cpu[k], g_ref[k]) for k in g_ref}}
-    assert all(e <= tol for e in errors.values()), errors
+    y_new, g_new = run(backend, x, softplus, z)
+    y_64, g_64 = run("reference", {k: double(v) for k, v in x.items()}, softplus, double(z))
+    assert y_new.dtype == y_ref.dtype and y_new.shape == y_ref.shape
+    errors = {k: (rel_err(new, truth), rel_err(ref, truth))
+              for k, new, ref, truth in [("y", y_new, y_ref, y_64)] + [(k, g_new[k], g_ref[k], g_64[k]) for k in g_ref]}
+    assert all(new <= max(tol, 4 * ref) for new, ref in errors.values()), errors
 
 
 @pytest.mark.parametrize("length", [1, 7, 64])
