@@ -23,30 +23,17 @@ from medmamba.data.medmnist import SPLITS, load_medmnist_split, medmnist_file, m
 from medmamba.errors import DataError
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("subsets", nargs="+", help="single-label MedMNIST subsets, e.g. pneumoniamnist breastmnist")
-    ap.add_argument("--output", required=True, help="new folder for the PNGs and manifest.csv")
-    ap.add_argument("--data-root", default=None, help="folder of the .npz files (default $MEDMAMBA_DATA)")
-    ap.add_argument("--size", type=int, default=28)
-    ap.add_argument("--no-test", nargs="*", default=[], metavar="SUBSET", help="subsets whose test split is left out")
-    args = ap.parse_args()
-
-    out = Path(args.output)
+def pool(subsets, out: Path, data_root=None, size: int = 28, no_test=()) -> int:
+    """Write the pooled set to ``out`` (a new folder) and return its image count; DataError on bad input."""
     if out.exists():  # never mixes into an earlier pool
-        raise SystemExit(f"{out} already exists; give a new folder")
-    stray = sorted(set(args.no_test) - set(args.subsets))
+        raise DataError(f"{out} already exists; give a new folder")
+    stray = sorted(set(no_test) - set(subsets))
     if stray:
-        raise SystemExit(f"--no-test names subsets that are not pooled: {', '.join(stray)}")
-    sources = []
-    for name in args.subsets:
-        try:
-            info = medmnist_info(name)
-            sources.append((info, medmnist_file(name, args.data_root, args.size)))
-        except DataError as e:
-            raise SystemExit(str(e)) from None
-        if info.multi_label:
-            raise SystemExit(f"{name} is multi-label; only single-label subsets can be pooled")
+        raise DataError(f"--no-test names subsets that are not pooled: {', '.join(stray)}")
+    sources = [(medmnist_info(name), medmnist_file(name, data_root, size)) for name in subsets]
+    multi = [info.name for info, _ in sources if info.multi_label]
+    if multi:
+        raise DataError(f"{', '.join(multi)}: multi-label; only single-label subsets can be pooled")
 
     # Built beside the target and renamed at the end, so a failure leaves no half-written pool.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +43,7 @@ def main():
         rows = []
         for info, path in sources:
             for split in SPLITS:
-                if split == "test" and info.name in args.no_test:
+                if split == "test" and info.name in no_test:
                     continue
                 images, labels = load_medmnist_split(path, split, info)
                 for i, (image, label) in enumerate(zip(images, labels[:, 0])):
@@ -68,13 +55,26 @@ def main():
             writer.writerow(("path", "label", "split"))
             writer.writerows(rows)
         work.rename(out)
-    except BaseException as e:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-        if isinstance(e, DataError):
-            raise SystemExit(str(e)) from None
         raise
-    print(f"{len(rows)} images in {out / 'manifest.csv'}")
+    return len(rows)
 
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("subsets", nargs="+", help="single-label MedMNIST subsets, e.g. pneumoniamnist breastmnist")
+    ap.add_argument("--output", required=True, help="new folder for the PNGs and manifest.csv")
+    ap.add_argument("--data-root", default=None, help="folder of the .npz files (default $MEDMAMBA_DATA)")
+    ap.add_argument("--size", type=int, default=28)
+    ap.add_argument("--no-test", nargs="*", default=[], metavar="SUBSET", help="subsets whose test split is left out")
+    args = ap.parse_args()
+    out = Path(args.output)
+    try:
+        n = pool(args.subsets, out, args.data_root, args.size, args.no_test)
+    except DataError as e:
+        raise SystemExit(str(e)) from None
+    print(f"{n} images in {out / 'manifest.csv'}")
 
 if __name__ == "__main__":
     main()

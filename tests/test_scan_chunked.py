@@ -10,15 +10,11 @@ from .test_scan_cpu import assert_backends_agree, inputs
 from .test_selective_scan import direct_recurrence
 
 
-def assert_matches_reference(x, softplus):
-    assert_backends_agree(x, softplus, backend="chunked")
-
-
 # lengths that are and are not a square (padding), down to one step.
 @pytest.mark.parametrize("length", [1, 7, 16, 17, 50, 257])
 @pytest.mark.parametrize("dim,n,groups", [(5, 1, 1), (12, 16, 4), (9, 3, 3)])
 def test_matches_reference(length, dim, n, groups):
-    assert_matches_reference(inputs(2, dim, length, n, groups), softplus=True)
+    assert_backends_agree(inputs(2, dim, length, n, groups), softplus=True, backend="chunked")
 
 
 @pytest.mark.parametrize("with_D,with_bias", [(False, False), (True, True)])
@@ -28,7 +24,7 @@ def test_optional_arguments_without_softplus(with_D, with_bias):
         x["delta"].abs_()
         if with_bias:
             x["delta_bias"].abs_()
-    assert_matches_reference(x, softplus=False)
+    assert_backends_agree(x, softplus=False, backend="chunked")
 
 
 def test_large_steps_stay_exact_and_finite():
@@ -36,7 +32,7 @@ def test_large_steps_stay_exact_and_finite():
     x = inputs(1, 4, 40, 16, 1, delta_scale=10.0, a_scale=100.0)
     y = selective_scan(**x, delta_softplus=True, backend="chunked")
     assert torch.isfinite(y).all()
-    assert_matches_reference(x, softplus=True)
+    assert_backends_agree(x, softplus=True, backend="chunked")
 
 
 def test_float64_matches_direct_recurrence():
