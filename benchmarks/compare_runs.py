@@ -46,7 +46,8 @@ def views(x: torch.Tensor) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def view_probabilities(run: str, overrides) -> tuple[object, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
     """(data, {split: (labels, {view: class probabilities})}) of a run's best checkpoint on val and test."""
-    from medmamba.evaluate import class_probabilities, load_run
+    from medmamba.prediction import class_probabilities
+    from medmamba.runs import load_run
     model, data, cfg, _ = load_run(run, ("val", "test"), overrides=overrides)
     model.eval()
     batch = cfg["eval_batch_size"]
@@ -117,11 +118,11 @@ def conflicting_twins(test_set, threshold=0.98):
 def plot_missed(images, y, p_true, notes, class_names, path, n_runs):
     """The test images every run gets wrong, as stored in the dataset, each titled with its true class and the
     probability the ensemble gives that class."""
-    from medmamba.plots import _pyplot
-    plt = _pyplot()
+    from matplotlib.figure import Figure
     cols = min(6, len(images))
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.6 * rows), squeeze=False)
+    fig = Figure(figsize=(2.0 * cols, 2.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, label, p, note in zip(axes.ravel(), images, y, p_true, notes):
@@ -131,12 +132,11 @@ def plot_missed(images, y, p_true, notes, class_names, path, n_runs):
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     print("missed images:", path)
 
 
 def agreement(runs, overrides, plot=None):
-    from medmamba.evaluate import run_predictions
+    from medmamba.runs import run_predictions
     probs, y, data = [], None, None
     for run in runs:
         y, p, data, *_ = run_predictions(run, "test", overrides=overrides, device="cpu")

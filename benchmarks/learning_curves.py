@@ -17,7 +17,7 @@ CURVES = "curves.json"
 
 def run(recipe: str, output: str, data_root: str, overrides: list[str]):
     from medmamba.config import load_config
-    from medmamba.evaluate import evaluate
+    from medmamba.prediction import evaluate
     from medmamba.train import Trainer
 
     class CurveTrainer(Trainer):
@@ -40,10 +40,9 @@ def run(recipe: str, output: str, data_root: str, overrides: list[str]):
 
 
 def plot(runs: list[str], labels: list[str] | None, output: str):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     for i, folder in enumerate(runs):
         data = json.loads((Path(folder) / CURVES).read_text())
         label = labels[i] if labels else Path(folder).name

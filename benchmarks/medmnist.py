@@ -30,7 +30,7 @@ TARGETS = {"breastmnist": (0.87, 0.91), "pneumoniamnist": (0.90, 0.97)}
 def run_recipe(name: str, seed: int, out: Path, args, extra=()) -> dict:
     """Train one seed of a recipe, evaluate its best checkpoint on the test split (with and without TTA)."""
     from medmamba.config import load_config
-    from medmamba.evaluate import evaluate
+    from medmamba.prediction import evaluate
     from medmamba.train import train
     recipe = REPO / RECIPES[name]
     cfg = load_config(recipe, [f"data.root={args.data_root}", *extra, *args.set, f"seed={seed}"])
@@ -61,7 +61,8 @@ def main():
                         help="train the recipe once per seed; with several, also report the ensemble (probabilities "
                              "averaged) and the total wall time")
     args = parser.parse_args()
-    from medmamba.evaluate import PUBLISHED, evaluate_runs
+    from medmamba.reports import PUBLISHED
+    from medmamba.runs import evaluate_runs
     rows, pretrained = [], {}
     for name in [args.only] if args.only else DATASETS:
         extra, pre_wall = [], 0.0

@@ -1,5 +1,6 @@
 """Using a trained model: saved weights + JSON config, image files of every kind, `medmamba predict`."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_create_model_reads_the_json_config(tmp_path):
     torch.testing.assert_close(loaded.eval()(x), model(x))
     for path in (weights, tmp_path / "export"):  # the file or its folder
         torch.testing.assert_close(load_model(path)(x), model(x))
-    assert load_model(weights).pretrained_cfg["classes"] == CLASSES
+    assert load_model(weights).model_card.classes == CLASSES
     with pytest.raises(ValueError, match="holds medmamba_t weights, not medmamba_s"):
         create_model("medmamba_s", pretrained=weights)
 
@@ -138,7 +139,7 @@ def test_model_trained_with_tta_predicts_with_it(tmp_path):
     model, _ = saved_model(tmp_path / "plain")
     saved_model(tmp_path / "tta")
     config = (tmp_path / "tta" / "model.json")
-    config.write_text(config.read_text().replace('"task"', '"tta": true, "task"'))
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tta": True}))
     x = torch.randn(3, 1, 32, 32)
     plain = Predictor.from_checkpoint(tmp_path / "plain", device="cpu")
     tta = Predictor.from_checkpoint(tmp_path / "tta", device="cpu")

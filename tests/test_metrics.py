@@ -72,7 +72,7 @@ def test_absent_class_gives_nan_auc_not_a_crash():
 def test_tta_averages_each_image_with_its_mirror():
     import torch
 
-    from medmamba.evaluate import predict
+    from medmamba.prediction import predict
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))  # not mirror-invariant
     images, labels = torch.randn(10, 1, 3, 4), torch.arange(10) % 3

@@ -104,6 +104,10 @@ def test_features_only_multiscale():
 
 def test_timm_create_model():
     timm = pytest.importorskip("timm")
+    # registration is explicit: importing medmamba writes nothing into timm's registry
+    assert not timm.models.is_model("medmamba_t")
+    assert medmamba.register_with_timm() == ["medmamba_t", "medmamba_s", "medmamba_b"]
+    medmamba.register_with_timm()  # a second call registers nothing twice
     model = timm.create_model("medmamba_t", num_classes=4, in_chans=1)
     assert isinstance(model, MedMamba) and model.num_classes == 4 and model.in_chans == 1
     assert "medmamba_s" in timm.list_models("medmamba*")

@@ -118,6 +118,7 @@ def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
     module = importlib.import_module("medmamba.ops.selective_scan")  # the module, not the function
     monkeypatch.setattr(module.BACKENDS["cpu"], "is_available", lambda: False)
     monkeypatch.setattr(module, "_warned_fallback", False)
+    monkeypatch.setattr(module, "_resolved", {})  # backends are resolved once; forget the answers so far
     x = make_inputs()
     with pytest.warns(RuntimeWarning, match="numba is not importable") as record:
         y = selective_scan(**x)

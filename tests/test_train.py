@@ -166,7 +166,7 @@ def test_options_ema_weights_sgd_schedule_and_early_stopping(tmp_path):
 
 def test_layer_decay_scales_lr_from_head_to_stem_through_the_schedule():
     from medmamba.models import create_model
-    from medmamba.train import build_optimizer, lr_factor
+    from medmamba.optim import build_optimizer, lr_factor
     pytest.importorskip("timm")
     model = create_model("medmamba_t", num_classes=2, depths=(1, 2, 1, 1), dims=8)
     cfg = load_config(None, ["optimizer.lr=0.01", "optimizer.layer_decay=0.5", "epochs=4"])
@@ -190,27 +190,68 @@ def test_layer_decay_scales_lr_from_head_to_stem_through_the_schedule():
         sched.step()
     ratios = {g["lr"] / g["initial_lr"] for g in opt.param_groups}
     assert len(ratios) == 1 and ratios.pop() < 1  # the schedule moves every group by the same factor
-    with pytest.raises(MedMambaError, match="layer_decay must be in"):
-        build_optimizer(model, load_config(None, ["optimizer.layer_decay=1.5"]))
+    with pytest.raises(MedMambaError, match="optimizer.layer_decay': 1.5 is not allowed"):
+        load_config(None, ["optimizer.layer_decay=1.5"])  # refused when the config is read, before any model
 
 
-def test_cli_bad_inputs_are_one_line(tmp_path):
+def test_cli_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
     def cli(*args):
         return run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", *args,
                           check=False)
     (tmp_path / "breastmnist.npz").write_bytes(b"truncated")
     cases = [
         (["train", "--output", tmp_path / "o1", "--data-root", tmp_path, *TINY[1:]], "not a readable .npz"),
-        (["train", "--output", tmp_path / "o2", "optimizer.name=rmsprop", *TINY], "unknown optimizer 'rmsprop'"),
+        (["train", "--output", tmp_path / "o2", *TINY, "optimizer.name=rmsprop"],
+         "'optimizer.name': 'rmsprop' is not allowed; expected one of adamw, adam, sgd"),
         (["train", "--output", tmp_path / "o3", "nonsense.key=1"], "unknown config key 'nonsense'"),
-        (["train", "--output", tmp_path / "o4", "mixup=-1", *TINY], "mixup=-1: give the Beta alpha"),
+        (["train", "--output", tmp_path / "o4", *TINY, "mixup=-1"], "'mixup': -1 is not allowed; expected a number >= 0"),
+        (["train", "--output", tmp_path / "o5", *TINY, "epochs=abc"], "'epochs': 'abc' is not allowed; expected a whole"),
+        (["train", "--output", tmp_path / "o6", *TINY, "monitor=kappa"], "'monitor': 'kappa' is not allowed; expected one of auc"),
+        (["train", "--output", tmp_path / "o7", *TINY, "amp=fp8"], "'amp': 'fp8' is not allowed; expected one of bf16, fp16"),
+        (["train", "--output", tmp_path / "o8", *TINY, "data.img_size=-3"], "'data.img_size': -3 is not allowed"),
+        (["train", "--output", tmp_path / "o9", *TINY, "scan_backend=fastest"], "'scan_backend': 'fastest' is not allowed"),
+        (["train", "--output", tmp_path / "o10", *TINY, "scan_backend=mamba_ssm"], "backend 'mamba_ssm' is not available"),
+        (["train", "--output", tmp_path / "o11", *TINY, "model=resnet_x"], "'model': 'resnet_x' is not allowed"),
+        (["train", "--output", tmp_path / "o12", *TINY, "optimizer.lr=0"], "'optimizer.lr': 0 is not allowed"),
+        (["train", "--output", tmp_path / "o13", *TINY, "augment.hflip=1.5"], "'augment.hflip': 1.5 is not allowed"),
+        (["train", "--output", tmp_path / "o14", "--config", tmp_path / "absent.yaml"], "cannot read config"),
         (["evaluate", tmp_path / "nowhere"], "not a training output folder"),
+        (["config", "ema=2"], "'ema': 2 is not allowed"),
     ]
     for args, message in cases:
         proc = cli(*args)
         assert proc.returncode == 2, (args, proc.stderr[-1500:])
         lines = [line for line in proc.stderr.strip().splitlines() if line]
         assert len(lines) == 1 and message in lines[0], proc.stderr
+        if args[0] == "train":  # refused before anything was written: the corrected command is not blocked
+            assert not args[2].exists(), args
+
+
+def test_config_command_prints_every_key_with_a_comment_and_loads_back():
+    import yaml
+
+    from medmamba.config import SCHEMA, load_config
+    proc = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))",
+                      "config", "--config", REPO / "configs" / "breastmnist.yaml", "epochs=7")
+    printed = yaml.safe_load(proc.stdout)
+    assert printed == load_config(REPO / "configs" / "breastmnist.yaml", ["epochs=7"]) and printed["epochs"] == 7
+
+    def keys(schema, where=""):
+        return [k for name, v in schema.items()
+                for k in (keys(v, f"{where}{name}.") if isinstance(v, dict) else [where + name])]
+    leaves = [line for line in proc.stdout.splitlines() if not line.rstrip().endswith(":")]
+    assert len(leaves) == len(keys(SCHEMA)) and all("  # " in line for line in leaves)
+
+
+def test_version_flag():
+    import medmamba
+    proc = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", "--version")
+    assert proc.stdout.strip() == f"medmamba {medmamba.__version__}" and medmamba.__version__[0].isdigit()
+
+
+def test_import_pulls_in_neither_scikit_learn_nor_matplotlib():
+    proc = run_python("import sys, medmamba; print(sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules))")
+    assert proc.stdout.strip() == "[]"
 
 
 def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
@@ -232,7 +273,7 @@ def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
 
 
 def test_ensemble_of_runs_averages_their_probabilities(tmp_path):
-    from medmamba.evaluate import evaluate_runs, run_predictions
+    from medmamba.runs import evaluate_runs, run_predictions
     runs = [tmp_path / "a", tmp_path / "b"]
     train(tiny_cfg("epochs=1", "seed=1"), runs[0], progress=False, test_split=None)
     train(tiny_cfg("epochs=1", "seed=2", "tta=true"), runs[1], progress=False, test_split=None)

@@ -1,14 +1,15 @@
 """MedMamba: Vision Mamba for medical image classification, installable anywhere."""
 from . import ops
+from ._version import package_version
+from .card import ModelCard
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_pretrained
 from .inference import Predictor, load_model
 from .models import (MedMamba, MedMambaFeatures, create_model, list_models, medmamba_b, medmamba_s,
                      medmamba_t)
 from .models._timm import register_with_timm
 
-__version__ = "0.1.0"
-__all__ = ["CheckpointError", "MedMamba", "MedMambaFeatures", "Predictor", "create_model", "list_models",
-           "load_checkpoint", "load_model", "medmamba_b", "medmamba_s", "medmamba_t", "ops", "read_state_dict",
-           "register_with_timm", "save_pretrained"]
+__version__ = package_version()
 
-register_with_timm()
+__all__ = ["CheckpointError", "MedMamba", "MedMambaFeatures", "ModelCard", "Predictor", "create_model",
+           "list_models", "load_checkpoint", "load_model", "medmamba_b", "medmamba_s", "medmamba_t", "ops",
+           "read_state_dict", "register_with_timm", "save_pretrained"]

@@ -1,20 +1,22 @@
 """Load weights safely: official ``.pth`` layouts and safetensors, never arbitrary pickles."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import warnings
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from .card import ModelCard
 from .errors import CheckpointError
 from .files import atomic_path, atomic_write_text
+from .run_dir import WEIGHTS, RunDir
 
-__all__ = ["CheckpointError", "load_checkpoint", "read_model_config", "read_state_dict", "resolve_weights",
-           "save_pretrained"]
+__all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "resolve_weights", "save_pretrained",
+           "save_weights"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 
@@ -62,19 +64,19 @@ def _summarise(keys, limit=8) -> str:
 
 
 def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
-                     new_head_ok: bool = True):
-    """Fit a checkpoint to a model where that is meaningful; raise one clear error where it is not."""
-    state = dict(state)
+                     new_head_ok: bool = True, filter_fn: Optional[Callable] = None, classifier: str = "head"):
+    """Fit a checkpoint to a model where that is meaningful; raise one clear error where it is not.
+
+    ``filter_fn(state, model)``, the model family's ``checkpoint_filter_fn``, adapts what is specific to
+    the family (stem channels, stages a backbone lacks). A classifier (``classifier.*``) of another class
+    count is then left out with a warning when ``new_head_ok`` (fine-tuning), an error otherwise."""
+    state = dict(filter_fn(state, model) if filter_fn is not None else state)
     own = model.state_dict()
-    stem = "patch_embed.proj.weight"
-    if stem in state and stem in own and state[stem].shape != own[stem].shape:
-        theirs, ours = state[stem], own[stem]
-        if theirs.shape[1] == 3 and ours.shape[1] == 1 and theirs.shape[0] == ours.shape[0]:
-            # A grey image is an RGB image with three equal channels: summing the kernel keeps the response.
-            state[stem] = theirs.sum(dim=1, keepdim=True)
-    head_keys = [k for k in ("head.weight", "head.bias") if k in state]
+    prefix = classifier + "."
+    head_keys = [k for k in state if k.startswith(prefix)]
     if head_keys and any(k not in own or state[k].shape != own[k].shape for k in head_keys):
-        theirs = state["head.weight"].shape[0] if "head.weight" in state else "?"
+        weight = state.get(prefix + "weight")
+        theirs = weight.shape[0] if weight is not None else "?"
         ours = getattr(model, "num_classes", "?")
         if not new_head_ok:
             raise CheckpointError(f"{source}: its head has {theirs} classes, the model {ours}")
@@ -83,10 +85,7 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
                           f"the head, which keeps its fresh initialisation.", UserWarning, stacklevel=3)
         for k in head_keys:
             del state[k]
-    dropped_prefixes = getattr(model, "pretrained_ignore_prefixes", None)
-    if dropped_prefixes:
-        state = {k: v for k, v in state.items() if not k.startswith(dropped_prefixes) or k in own}
-    missing = [k for k in own if k not in state and not k.startswith("head.")]
+    missing = [k for k in own if k not in state and not k.startswith(prefix)]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in state if k in own and state[k].shape != own[k].shape]
@@ -102,28 +101,35 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     return state
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, new_head_ok: bool = True) -> nn.Module:
-    """Load weights from ``path`` into ``model`` (in place) and return it. See ``read_state_dict``.
-
-    With ``new_head_ok`` (fine-tuning) a head of another class count is skipped with a warning; without it
-    (evaluation, prediction) that is an error."""
-    state = adapt_state_dict(model, read_state_dict(path), source=str(path), new_head_ok=new_head_ok)
-    head_reinitialised = any(k.startswith("head.") for k in model.state_dict()) and "head.weight" not in state
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, new_head_ok: bool = True,
+                    filter_fn: Optional[Callable] = None, classifier: str = "head") -> nn.Module:
+    """Load weights from ``path`` into ``model`` (in place) and return it. See ``read_state_dict`` and
+    ``adapt_state_dict``; ``create_model(name, pretrained=path)`` passes the family's filter itself."""
+    state = adapt_state_dict(model, read_state_dict(path), str(path), new_head_ok, filter_fn, classifier)
+    prefix = classifier + "."
+    head_reinitialised = any(k.startswith(prefix) for k in model.state_dict()) and not any(
+        k.startswith(prefix) for k in state)
     result = model.load_state_dict(state, strict=not head_reinitialised)
     if head_reinitialised:
-        assert all(k.startswith("head.") for k in result.missing_keys) and not result.unexpected_keys
+        assert all(k.startswith(prefix) for k in result.missing_keys) and not result.unexpected_keys
     return model
 
 
-MODEL_CONFIG = "model.json"
-WEIGHTS = "model.safetensors"
+def save_weights(model_or_state: nn.Module | dict, path: str | os.PathLike, metadata: Optional[dict] = None) -> Path:
+    """A model's (or a state dict's) tensors as safetensors, written atomically: the one writer of weights."""
+    from safetensors.torch import save_file
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    return path
 
 
 def resolve_weights(path: str | os.PathLike) -> Path:
     """A weights file from what users point at: the file itself, a checkpoint folder holding
     ``model.safetensors``, or a training output folder (its best checkpoint)."""
     path = Path(path)
-    for candidate in (path, path / WEIGHTS, path / "checkpoints" / "best" / WEIGHTS):
+    for candidate in (path, path / WEIGHTS, RunDir(path).weights("best")):
         if candidate.is_file():
             return candidate
     if path.is_dir():
@@ -131,26 +137,12 @@ def resolve_weights(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"checkpoint not found: {path}")
 
 
-def read_model_config(weights: str | os.PathLike) -> dict | None:
-    """The JSON config saved beside a weights file (``name.json``, else ``model.json``), or None."""
-    weights = Path(weights)
-    for candidate in (weights.with_suffix(".json"), weights.parent / MODEL_CONFIG):
-        if candidate.is_file():
-            try:
-                config = json.loads(candidate.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{candidate}: not a readable model config ({e})") from None
-            if not isinstance(config, dict) or not isinstance(config.get("model"), str):
-                raise CheckpointError(f"{candidate}: a model config needs at least {{\"model\": \"medmamba_t\", ...}}")
-            return config
-    return None
-
-
-def save_pretrained(model: nn.Module, config: dict, path: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
-    """Write ``model``'s weights as safetensors and ``config`` (model name, num_classes, in_chans, classes,
-    preprocessing...) as JSON beside it with the same stem: what ``create_model(name, pretrained=path)`` and
+def save_pretrained(model: nn.Module, card: ModelCard | dict, path: str | os.PathLike,
+                    overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``model``'s weights as safetensors and its model card (model name, classes, preprocessing...)
+    as JSON beside it with the same stem: what ``create_model(name, pretrained=path)`` and
     ``medmamba.load_model(path)`` read back. Both files are written atomically."""
-    from safetensors.torch import save_file
+    card = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / WEIGHTS
@@ -159,8 +151,6 @@ def save_pretrained(model: nn.Module, config: dict, path: str | os.PathLike, ove
     if taken and not overwrite:
         raise CheckpointError(f"{' and '.join(taken)} exist; pass overwrite=True (--overwrite) to replace them")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "model": str(config.get("model", ""))})
-    atomic_write_text(config_path, json.dumps(config, indent=1))
+    save_weights(model, path, metadata={"format": "pt", "model": card.model})
+    atomic_write_text(config_path, card.to_json())
     return path, config_path

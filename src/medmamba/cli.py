@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-DATA_ENV = "MEDMAMBA_DATA"
+from ._version import package_version
+from .data.medmnist import DATA_ENV
 
 
 def _info(args) -> int:
@@ -53,9 +54,15 @@ def _demo(args) -> int:
     return 0
 
 
+def _config(args) -> int:
+    from .config import describe_config, load_config
+    print(describe_config(load_config(args.config, args.overrides)))
+    return 0
+
+
 def _train(args) -> int:
     from .config import load_config
-    from .evaluate import PUBLISHED, metrics_table, published_table
+    from .reports import PUBLISHED, metrics_table, published_table
     from .train import train
     overrides = list(args.overrides)
     if args.data_root:
@@ -82,7 +89,8 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from .errors import MedMambaError
-    from .evaluate import evaluate_runs, metrics_table, write_report
+    from .reports import metrics_table, write_report
+    from .runs import evaluate_runs
     # One positional list: runs, then config overrides (key=value) for the data, e.g. data.root=... tta=true
     runs = [Path(r) for r in args.run if "=" not in r or Path(r).exists()]
     overrides = [r for r in args.run if "=" in r and not Path(r).exists()]
@@ -139,56 +147,15 @@ def _predict(args) -> int:
 
 
 def _explain(args) -> int:
-    import csv
-    import io
-
-    from .errors import MedMambaError
-    from .explain import class_activation_map, overlay, save_png
-    from .files import atomic_write_text
-    from .inference import failure_reason, require_inputs
+    from .explain import explain_files
     predictor = _predictor(args)
-    target = None
-    if args.target is not None:
-        if args.target in predictor.classes:
-            target = predictor.classes.index(args.target)
-        elif args.target.isdigit() and int(args.target) < len(predictor.classes):
-            target = int(args.target)
-        else:
-            raise MedMambaError(f"--target {args.target!r} is neither a class name nor an index; classes: "
-                                f"{', '.join(predictor.classes)}")
-    n_stages = len(predictor.model.layers)
-    if not -n_stages <= args.stage < n_stages:
-        raise MedMambaError(f"--stage {args.stage}: the model has stages 0..{n_stages - 1} (or -1 for the last)")
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise MedMambaError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    paths, failures = require_inputs(args.inputs, "explain")
-    rows, used = [], set()
-    from tqdm.auto import tqdm
-    for path in tqdm(paths, unit="img", desc=args.method):
-        try:
-            image, x = predictor.read(path)
-        except Exception as e:
-            failures.append((path, failure_reason(e, path)))
-            continue
-        cam = class_activation_map(predictor.model, x[None].to(predictor.device), target=target, stage=args.stage,
-                                   method=args.method, multi_label=predictor.multi_label)
-        name = Path(path).stem
-        while name in used:  # same file name in two folders
-            name += "_"
-        used.add(name)
-        png = save_png(out / f"{name}_{args.method}.png", overlay(image, cam.maps[0].cpu()))
-        k = int(cam.targets[0])
-        rows.append([path, str(png), predictor.classes[k], f"{float(cam.probabilities[0, k]):.6f}"])
-    table = io.StringIO()
-    csv.writer(table, lineterminator="\n").writerows([["path", "map_png", "class", "probability"], *rows])
-    atomic_write_text(out / "maps.csv", table.getvalue())
-    for path, reason in failures:
+    result = explain_files(predictor, args.inputs, args.output, target=args.target, stage=args.stage,
+                           method=args.method, overwrite=args.overwrite, progress=True)
+    for path, reason in result.failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    stage = args.stage % n_stages
-    print(f"wrote {len(rows)} {args.method} overlays (stage {stage}) and {out / 'maps.csv'}; {len(failures)} skipped")
-    return 1 if failures else 0
+    print(f"wrote {len(result.rows)} {args.method} overlays (stage {result.stage}) and "
+          f"{Path(args.output) / 'maps.csv'}; {len(result.failures)} skipped")
+    return 1 if result.failures else 0
 
 
 def _export(args) -> int:
@@ -197,11 +164,11 @@ def _export(args) -> int:
     from .checkpoint import save_pretrained
     from .inference import require_inputs
     predictor = _predictor(args)
-    config = dict(predictor.model.pretrained_cfg)
+    card = predictor.card
     if args.format == "safetensors":
-        weights, config_path = save_pretrained(predictor.model, config, args.output, overwrite=args.overwrite)
+        weights, config_path = save_pretrained(predictor.model, card, args.output, overwrite=args.overwrite)
         print(f"wrote {weights} and {config_path}; load with "
-              f"medmamba.create_model({config['model']!r}, pretrained={str(weights)!r})")
+              f"medmamba.create_model({card.model!r}, pretrained={str(weights)!r})")
         return 0
     from .export import export_onnx
     images = None
@@ -209,11 +176,11 @@ def _export(args) -> int:
         paths, _ = require_inputs(args.check_images, "check with")
         images = torch.stack([predictor.read(p)[1] for p in paths[:16]])
     img_size = args.img_size or predictor.img_size
-    config["img_size"] = img_size
-    print(f"exporting {config['model']} at {img_size}x{img_size} px to ONNX (opset {args.opset}); "
+    metadata = {**card.to_dict(), "img_size": img_size}
+    print(f"exporting {card.model} at {img_size}x{img_size} px to ONNX (opset {args.opset}); "
           "this takes a minute or more", flush=True)
     path, check = export_onnx(predictor.model, args.output, img_size, opset=args.opset, overwrite=args.overwrite,
-                              check_images=images, metadata=config)
+                              check_images=images, metadata=metadata)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input 'image' (batch, {predictor.channels}, "
           f"{img_size}, {img_size}), output 'logits'; dynamic batch")
     print(f"onnxruntime vs PyTorch: max abs difference {check.max_abs_diff:.3g} on {check.inputs} "
@@ -228,8 +195,13 @@ def torch_cuda() -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmamba", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"medmamba {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, models and selective-scan backends").set_defaults(func=_info)
+    conf = sub.add_parser("config", help="print the resolved training configuration, a comment per key")
+    conf.add_argument("--config", help="YAML config (defaults: medmamba.config.SCHEMA)")
+    conf.add_argument("overrides", nargs="*", help="config overrides, e.g. optimizer.lr=3e-4 epochs=10")
+    conf.set_defaults(func=_config)
     demo = sub.add_parser("demo", help="forward pass of MedMamba on real MedMNIST test images")
     demo.add_argument("--data-root", help=f"folder holding the MedMNIST .npz files (default: ${DATA_ENV})")
     demo.add_argument("--dataset", default="breastmnist")
@@ -240,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     train = sub.add_parser("train", help="train (and test) MedMamba; torchrun-compatible")
-    train.add_argument("--config", help="YAML config (defaults: medmamba.config.DEFAULTS)")
+    train.add_argument("--config", help="YAML config (defaults and every key: `medmamba config`)")
     train.add_argument("--output", required=True, help="output folder (never overwritten unless --overwrite)")
     train.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
     train.add_argument("--resume", action="store_true", help="continue the run in --output exactly")

@@ -1,72 +1,200 @@
-"""Training configuration: defaults, YAML files and ``key.sub=value`` overrides, checked against the defaults."""
+"""Training configuration: every key with its default, what it allows and what it means; YAML files and
+``key.sub=value`` overrides merged onto the defaults and checked at load, before anything is written.
+"""
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
-from .errors import MedMambaError
+from .errors import ConfigError
 
-DEFAULTS: dict[str, Any] = {
-    "model": "medmamba_t",
-    "model_args": {},           # overrides of the variant, e.g. {depths: [1, 1], dims: [8, 16]}
-    "pretrained": None,         # weights to start from: a checkpoint file, or a training run's output folder (its best)
-    "drop_path_rate": 0.1,
-    "scan_backend": "auto",
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    doc: str
+    allowed: str                       # what the key allows, in words, for the error message
+    check: Callable[[Any], bool]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def integer(default, doc, lo=1, optional=False) -> Key:
+    return Key(default, doc, f"a whole number >= {lo}" + (" or null" if optional else ""),
+               lambda v: (optional and v is None) or (_is_int(v) and v >= lo))
+
+
+def number(default, doc, lo=None, hi=None, lo_open=False, hi_open=False, optional=False) -> Key:
+    def ok(v):
+        if v is None:
+            return optional
+        return (_is_number(v) and (lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi)))
+    bounds = [f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else "",
+              f"{'<' if hi_open else '<='} {hi:g}" if hi is not None else ""]
+    words = "a number " + " and ".join(b for b in bounds if b)
+    return Key(default, doc, words.strip() + (" or null" if optional else ""), ok)
+
+
+def choice(default, doc, values, optional=False) -> Key:
+    shown = ", ".join(str(v) for v in values) + (", null" if optional else "")
+    return Key(default, doc, f"one of {shown}", lambda v: (optional and v is None) or v in values)
+
+
+def boolean(default, doc) -> Key:
+    return Key(default, doc, "true or false", lambda v: isinstance(v, bool))
+
+
+def text(default, doc, optional=True) -> Key:
+    return Key(default, doc, "a string" + (" or null" if optional else ""),
+               lambda v: (optional and v is None) or (isinstance(v, str) and v != ""))
+
+
+def numbers(default, doc, length=None, lo=None, lo_open=False, hi=None, hi_open=False) -> Key:
+    item = number(None, "", lo, hi, lo_open, hi_open)
+
+    def ok(v):
+        return isinstance(v, list) and len(v) > 0 and (length is None or len(v) == length) and all(
+            item.check(x) for x in v)
+    what = f"a list of {length or 'one or more'} numbers" + (f" ({item.allowed.removeprefix('a number ')})"
+                                                            if lo is not None or hi is not None else "")
+    return Key(default, doc, what, ok)
+
+
+def _model_name_ok(name) -> bool:
+    if not isinstance(name, str):
+        return False
+    from .models import is_known_model
+    return is_known_model(name)
+
+
+def _backend_names() -> list[str]:
+    from .ops.selective_scan import BACKENDS
+    return ["auto", *BACKENDS]
+
+
+def _mapping_ok(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+
+
+SCHEMA: dict[str, Any] = {
+    "model": Key("medmamba_t", "medmamba_t, medmamba_s, medmamba_b, or timm/<name> for any timm architecture",
+                 "a registered model (`medmamba info` lists them) or timm/<name> (`timm.list_models()`)",
+                 _model_name_ok),
+    "model_args": Key({}, "overrides of the variant, e.g. {depths: [1, 1], dims: [8, 16]}", "a mapping",
+                      _mapping_ok),
+    "pretrained": text(None, "weights to start from: a checkpoint file, or a training run's folder (its best)"),
+    "drop_path_rate": number(0.1, "stochastic depth, rising linearly over the blocks", 0, 1, hi_open=True),
+    "scan_backend": Key("auto", "selective-scan backend: auto, reference, chunked, cpu, triton, mamba_ssm",
+                        "auto or a backend name (`medmamba info` lists those available)",
+                        lambda v: v in _backend_names()),
     "data": {
-        "medmnist": "breastmnist",  # a MedMNIST 2-D subset, or null when folder/csv is given
-        "folder": None,             # root/{train,val,test}/<class>/* or root/<class>/*
-        "csv": None,                # path,label[,split]
-        "root": None,               # MedMNIST data root (default: $MEDMAMBA_DATA)
-        "size": 28,                 # MedMNIST release: 28, 64, 128, 224
-        "download": False,
-        "img_size": 64,             # model input size
-        "channels": None,           # model input channels; null: the dataset's own
-        "mean": 0.5,
-        "std": 0.5,
-        "num_workers": 0,
-        "split_seed": 0,
-        "max_samples": None,        # first N samples of each split: quick checks only
+        "medmnist": text("breastmnist", "a MedMNIST 2-D subset, or null when folder/csv is given"),
+        "folder": text(None, "root/{train,val,test}/<class>/* or root/<class>/*"),
+        "csv": text(None, "a CSV manifest: path,label[,split]"),
+        "root": text(None, "MedMNIST data root (default: $MEDMAMBA_DATA)"),
+        "size": choice(28, "MedMNIST release: 28, 64, 128 or 224 px", (28, 64, 128, 224)),
+        "download": boolean(False, "fetch a missing MedMNIST file (MD5-checked)"),
+        "img_size": integer(64, "model input size in pixels (images are resized to it)", lo=4),
+        "channels": choice(None, "model input channels; null: the dataset's own", (1, 3), optional=True),
+        "mean": number(0.5, "normalisation: (x - mean) / std, x in [0, 1], the same for every channel"),
+        "std": number(0.5, "normalisation std", 0, lo_open=True),
+        "num_workers": integer(0, "data-loading processes", lo=0),
+        "split_seed": integer(0, "seed of the automatic train/val/test split", lo=0),
+        "max_samples": integer(None, "first N samples of each split: quick checks only", optional=True),
     },
-    "augment": {"hflip": 0.5, "vflip": 0.0, "rotation": 0.0, "scale_min": 1.0, "translate": 0.0,
-                "brightness": 0.0, "contrast": 0.0, "erasing": 0.0},
-    "epochs": 30,
-    "batch_size": 32,
-    "eval_batch_size": 64,
-    "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9, "betas": [0.9, 0.999],
-                  "layer_decay": None},  # e.g. 0.8: lr x0.8 per block nearer the input (fine-tuning; needs timm)
-    "schedule": {"name": "cosine", "warmup_epochs": 1, "min_lr_ratio": 0.01},
-    "amp": None,                # null, "bf16" or "fp16"
-    "clip_grad": None,          # max gradient norm
-    "label_smoothing": 0.0,
-    "mixup": 0.0,               # mixup alpha: each batch blended with a shuffled copy, weight ~ Beta(a, a); 0: off
-    "class_weights": None,      # null, "balanced" or a list
-    "ema": None,                # EMA decay, e.g. 0.999; the EMA weights are evaluated and kept as best
-    "early_stopping": None,     # patience in epochs
-    "tta": False,               # validation/test/evaluate: average each image with its horizontal mirror
-    "monitor": "auc",           # validation metric choosing the best checkpoint: auc, accuracy, f1, loss
-    "seed": 0,
-    "save_every_steps": None,   # also checkpoint mid-epoch every N optimiser steps
-    "threads": None,            # torch CPU threads
-    "device": None,             # null: cuda when available, else cpu
-    "tensorboard": True,        # when tensorboard is installed
+    "augment": {
+        "hflip": number(0.5, "probability of a horizontal flip", 0, 1),
+        "vflip": number(0.0, "probability of a vertical flip", 0, 1),
+        "rotation": number(0.0, "degrees, uniform in [-rotation, rotation]", 0, 180),
+        "scale_min": number(1.0, "RandomResizedCrop's smallest area fraction; 1.0: plain resize", 0, 1, lo_open=True),
+        "translate": number(0.0, "fraction of the size, RandomAffine", 0, 1),
+        "brightness": number(0.0, "ColorJitter brightness", 0),
+        "contrast": number(0.0, "ColorJitter contrast", 0),
+        "erasing": number(0.0, "RandomErasing probability", 0, 1),
+    },
+    "epochs": integer(30, "training epochs"),
+    "batch_size": integer(32, "training batch size (all processes together under torchrun)"),
+    "eval_batch_size": integer(64, "validation/test batch size"),
+    "optimizer": {
+        "name": choice("adamw", "adamw, adam or sgd", ("adamw", "adam", "sgd")),
+        "lr": number(1e-3, "base learning rate", 0, lo_open=True),
+        "weight_decay": number(0.05, "decoupled weight decay (not on norms, biases, A and D)", 0),
+        "momentum": number(0.9, "SGD momentum", 0, 1, hi_open=True),
+        "betas": numbers([0.9, 0.999], "Adam betas", length=2, lo=0, hi=1, hi_open=True),
+        "layer_decay": number(None, "e.g. 0.8: lr x0.8 per block nearer the input (fine-tuning)", 0, 1, lo_open=True,
+                              optional=True),
+    },
+    "schedule": {
+        "name": choice("cosine", "cosine with warm-up, medmnist (x0.1 at 50% and 75%), or constant",
+                       ("cosine", "medmnist", "constant")),
+        "warmup_epochs": number(1, "linear warm-up, in epochs", 0),
+        "min_lr_ratio": number(0.01, "cosine: final lr as a fraction of the base lr", 0, 1),
+    },
+    "amp": choice(None, "mixed precision: null, bf16 or fp16", ("bf16", "fp16"), optional=True),
+    "clip_grad": number(None, "max gradient norm", 0, lo_open=True, optional=True),
+    "label_smoothing": number(0.0, "cross-entropy label smoothing", 0, 1, hi_open=True),
+    "mixup": number(0.0, "mixup alpha: each batch blended with a shuffled copy, weight ~ Beta(a, a); 0: off", 0),
+    "class_weights": Key(None, "null, balanced (inverse class frequency) or one weight per class",
+                         "null, balanced, or a list of positive numbers",
+                         lambda v: v is None or v == "balanced" or numbers(None, "", lo=0, lo_open=True).check(v)),
+    "ema": number(None, "EMA decay, e.g. 0.999; the EMA weights are evaluated and kept as best", 0, 1, lo_open=True,
+                  hi_open=True, optional=True),
+    "early_stopping": integer(None, "patience in epochs", optional=True),
+    "tta": boolean(False, "validation/test/evaluate/predict: average each image with its horizontal mirror"),
+    "monitor": choice("auc", "validation metric choosing the best checkpoint",
+                      ("auc", "accuracy", "f1", "loss", "precision", "sensitivity", "specificity")),
+    "seed": integer(0, "random seed of initialisation, shuffling and augmentation", lo=0),
+    "save_every_steps": integer(None, "also checkpoint mid-epoch every N optimiser steps", optional=True),
+    "threads": integer(None, "torch CPU threads; null: torch's default", optional=True),
+    "device": Key(None, "null: cuda when available, else cpu", "null, cpu, cuda or cuda:N",
+                  lambda v: v is None or v in ("cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:")
+                                                                  and v[5:].isdigit())),
+    "tensorboard": boolean(True, "log to tensorboard when it is installed"),
 }
 
 
-def _merge(base: dict, update: dict, where: str = "") -> dict:
+def _defaults(schema: dict) -> dict:
+    return {k: _defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+DEFAULTS: dict[str, Any] = _defaults(SCHEMA)
+
+
+def _merge(base: dict, update: dict, schema: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
-        if key not in base:
-            raise MedMambaError(f"unknown config key {where + key!r}; known: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and key != "model_args":
+        if key not in schema:
+            raise ConfigError(f"unknown config key {where + key!r}; known: {', '.join(sorted(schema))}")
+        if isinstance(schema[key], dict):
             if not isinstance(value, dict):
-                raise MedMambaError(f"config key {where + key!r} must be a mapping")
-            out[key] = _merge(base[key], value, f"{where}{key}.")
+                raise ConfigError(f"config key {where + key!r} must be a mapping of {', '.join(schema[key])}")
+            out[key] = _merge(base[key], value, schema[key], f"{where}{key}.")
         else:
             out[key] = value
     return out
+
+
+def validate(cfg: dict, schema: dict = SCHEMA, where: str = "") -> dict:
+    """Check every key's value; the first that is not allowed raises one ConfigError naming the key, the value
+    and what it allows."""
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            validate(cfg[key], spec, f"{where}{key}.")
+        elif not spec.check(cfg[key]):
+            raise ConfigError(f"config key {where + key!r}: {cfg[key]!r} is not allowed; expected {spec.allowed}")
+    return cfg
 
 
 def parse_overrides(items: Iterable[str]) -> dict:
@@ -74,28 +202,50 @@ def parse_overrides(items: Iterable[str]) -> dict:
     tree: dict = {}
     for item in items:
         if "=" not in item:
-            raise MedMambaError(f"override {item!r} is not key=value (e.g. optimizer.lr=3e-4)")
+            raise ConfigError(f"override {item!r} is not key=value (e.g. optimizer.lr=3e-4)")
         key, raw = item.split("=", 1)
         node = tree
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} was given a value and sub-keys")
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not a YAML value ({str(e).splitlines()[0]})") from None
     return tree
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+    """The defaults, then the YAML file at ``path``, then ``overrides``; checked key by key."""
     cfg = copy.deepcopy(DEFAULTS)
     if path:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise MedMambaError(f"cannot read config {path}: {e}") from None
+            raise ConfigError(f"cannot read config {path}: {e}") from None
         if not isinstance(data, dict):
-            raise MedMambaError(f"config {path} must be a YAML mapping")
-        cfg = _merge(cfg, data)
-    return _merge(cfg, parse_overrides(overrides))
+            raise ConfigError(f"config {path} must be a YAML mapping")
+        cfg = _merge(cfg, data, SCHEMA)
+    return validate(_merge(cfg, parse_overrides(overrides), SCHEMA))
 
 
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def _scalar(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=10 ** 6).removesuffix("\n...\n").strip()
+
+
+def describe_config(cfg: dict, schema: dict = SCHEMA, indent: str = "") -> str:
+    """``cfg`` as YAML with each key's meaning as a comment: what ``medmamba config`` prints; loads back as is."""
+    lines = []
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(describe_config(cfg[key], spec, indent + "  "))
+        else:
+            lines.append(f"{indent}{key}: {_scalar(cfg[key])}  # {spec.doc}")
+    return "\n".join(lines)

@@ -15,3 +15,11 @@ class CheckpointError(MedMambaError, ValueError):
 
 class TrainingError(MedMambaError, RuntimeError):
     """Training that cannot go on (non-finite loss, an output folder that must not be overwritten...)."""
+
+
+class ConfigError(MedMambaError, ValueError):
+    """A configuration key that does not exist or holds a value it does not allow."""
+
+
+class ModelError(MedMambaError, ValueError):
+    """A model name, or a selective-scan backend, that cannot be built or run here."""

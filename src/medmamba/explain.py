@@ -15,6 +15,8 @@ corner for 97-100% of the images, the Grad-CAM map for 26-94%.
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluate import class_probabilities
-from .files import atomic_path
+from .errors import MedMambaError
+from .files import atomic_path, atomic_write_text
+from .prediction import class_probabilities
 
 METHODS = ("hirescam", "gradcam")
 
@@ -77,11 +80,6 @@ def class_activation_map(model: torch.nn.Module, images: torch.Tensor, target: O
     return ActivationMap(maps=cam / peak, targets=targets.detach(), probabilities=probs.detach())
 
 
-def grad_cam(model, images, target=None, stage=-1, multi_label=False) -> ActivationMap:
-    """Classic Grad-CAM (pixel-averaged gradients); see the module docstring for why HiResCAM is the default."""
-    return class_activation_map(model, images, target, stage, method="gradcam", multi_label=multi_label)
-
-
 def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.45,
             min_size: int = 256) -> np.ndarray:
     """The map in the 'jet' colour scale blended over the image: (H, W, 3) uint8. ``image`` is (C, H, W) or
@@ -109,3 +107,67 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
     return path
+
+
+@dataclass
+class ExplainResult:
+    rows: list[tuple[str, str, str, float]]          # (image path, overlay PNG, class explained, its probability)
+    failures: list[tuple[str, str]]                  # (path, reason) of what was skipped
+    stage: int                                       # the stage used, counted from 0
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(
+            [["path", "map_png", "class", "probability"], *[[p, m, c, f"{v:.6f}"] for p, m, c, v in self.rows]])
+        return out.getvalue()
+
+
+def resolve_target(target: Optional[str | int], classes: Sequence[str]) -> Optional[int]:
+    """A class given by name or index -> its index; None stays None (each image's prediction)."""
+    if target is None:
+        return None
+    if str(target) in classes:
+        return list(classes).index(str(target))
+    if str(target).isdigit() and int(target) < len(classes):
+        return int(target)
+    raise MedMambaError(f"target {target!r} is neither a class name nor an index; classes: {', '.join(classes)}")
+
+
+def explain_files(predictor, inputs, output: str | os.PathLike, target: Optional[str | int] = None, stage: int = -1,
+                  method: str = "hirescam", overwrite: bool = False, progress: bool = False) -> ExplainResult:
+    """For every image ``inputs`` names (files, folders, globs): its map overlaid as ``<name>_<method>.png``
+    in ``output``, and ``maps.csv`` listing them. Unreadable images are skipped and listed in ``failures``."""
+    from .inference import failure_reason, require_inputs
+    k = resolve_target(target, predictor.classes)
+    n_stages = len(predictor.model.layers)
+    if not -n_stages <= stage < n_stages:
+        raise MedMambaError(f"stage {stage}: the model has stages 0..{n_stages - 1} (or -1 for the last)")
+    if method not in METHODS:
+        raise MedMambaError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+    out = Path(output)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise MedMambaError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
+    paths, failures = require_inputs(inputs, "explain")
+    out.mkdir(parents=True, exist_ok=True)
+    rows, used = [], set()
+    if progress:
+        from tqdm.auto import tqdm
+        paths = tqdm(paths, unit="img", desc=method)
+    for path in paths:
+        try:
+            image, x = predictor.read(path)
+        except Exception as e:
+            failures.append((path, failure_reason(e, path)))
+            continue
+        cam = class_activation_map(predictor.model, x[None].to(predictor.device), target=k, stage=stage,
+                                   method=method, multi_label=predictor.multi_label)
+        name = Path(path).stem
+        while name in used:  # same file name in two folders
+            name += "_"
+        used.add(name)
+        png = save_png(out / f"{name}_{method}.png", overlay(image, cam.maps[0].cpu()))
+        shown = int(cam.targets[0])
+        rows.append((path, str(png), predictor.classes[shown], float(cam.probabilities[0, shown])))
+    result = ExplainResult(rows, failures, stage % n_stages)
+    atomic_write_text(out / "maps.csv", result.to_csv())
+    return result

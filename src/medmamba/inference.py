@@ -19,24 +19,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import read_model_config, resolve_weights
+from .card import ModelCard, read_card
+from .checkpoint import resolve_weights
 from .data.folders import IMAGE_SUFFIXES, read_image
 from .data.transforms import build_transform
 from .errors import CheckpointError, DataError
-from .evaluate import model_probabilities
 from .files import atomic_write_text
 from .models import create_model
+from .prediction import model_probabilities
 
 
 def load_model(path: str | os.PathLike, scan_backend: str = "auto", device=None) -> torch.nn.Module:
-    """A trained model, in eval mode, from a weights file with its JSON config, a checkpoint folder or a
-    training run folder; ``model.pretrained_cfg`` holds the config (classes, img_size, mean, std...)."""
+    """A trained model, in eval mode, from a weights file with its model card, a checkpoint folder or a
+    training run folder; ``model.model_card`` holds the card (classes, img_size, mean, std...)."""
     weights = resolve_weights(path)
-    config = read_model_config(weights)
-    if config is None:
+    card = read_card(weights)
+    if card is None:
         raise CheckpointError(f"{weights}: no model.json (or {weights.stem}.json) beside it to say which model it "
                               f"holds; build it with create_model(name, pretrained=..., num_classes=...) instead")
-    model = create_model(config["model"], pretrained=weights, scan_backend=scan_backend)
+    model = create_model(card.model, pretrained=weights, scan_backend=scan_backend)
     return model.to(device or "cpu").eval()
 
 
@@ -143,22 +144,23 @@ class PredictionResult:
 class Predictor:
     """A model with the preprocessing it was trained with (size, normalisation, channels) and its classes."""
 
-    def __init__(self, model: torch.nn.Module, config: Optional[dict] = None, device=None):
-        config = dict(config or getattr(model, "pretrained_cfg", None) or {})
+    def __init__(self, model: torch.nn.Module, card: Optional[ModelCard] = None, device=None):
+        card = card or getattr(model, "model_card", None) or ModelCard(
+            model=type(model).__name__, num_classes=model.num_classes, in_chans=getattr(model, "in_chans", 3))
+        self.card = card
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model = model.to(self.device).eval()
-        self.channels = int(config.get("in_chans", model.in_chans))
-        self.img_size = int(config.get("img_size", 224))
-        self.classes = [str(c) for c in config.get("classes") or range(model.num_classes)]
-        self.multi_label = str(config.get("task", "")).startswith("multi-label")
-        self.tta = bool(config.get("tta", False))  # as the model was validated: averaged with the mirror
-        self.transform = build_transform(self.img_size, self.channels, train=False,
-                                         mean=config.get("mean", 0.5), std=config.get("std", 0.5))
+        self.channels = int(card.in_chans or getattr(model, "in_chans", 3))
+        self.img_size = int(card.img_size)
+        self.classes = card.class_names or [str(c) for c in range(model.num_classes)]
+        self.multi_label = card.multi_label
+        self.tta = bool(card.tta)  # as the model was validated: averaged with the mirror
+        self.transform = build_transform(self.img_size, self.channels, train=False, mean=card.mean, std=card.std)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, scan_backend: str = "auto", device=None) -> "Predictor":
         model = load_model(path, scan_backend=scan_backend)
-        return cls(model, model.pretrained_cfg, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(model, model.model_card, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def read(self, path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
         """(the image in [0, 1] as read, the model's input for it); DataError naming the file if unreadable."""
@@ -168,7 +170,8 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor) -> np.ndarray:
         """Preprocessed (batch, channels, img_size, img_size) images -> class probabilities."""
-        probs = model_probabilities(self.model, images.to(self.device), self.multi_label, self.tta, self.device)
+        probs = model_probabilities(self.model, images.to(self.device), self.multi_label, self.tta, self.device,
+                                    temperature=self.card.temperature)
         return probs.cpu().numpy()
 
     def warm_up(self):

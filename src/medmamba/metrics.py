@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from .card import is_multi_label
+
 
 def _safe_div(num, den):
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
@@ -48,7 +50,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     n, k = probs.shape
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    if task.startswith("multi-label"):
+    if is_multi_label(task):
         y_true = y_true.reshape(n, k).astype(int)
         pred = (probs > threshold).astype(int)
         counts = [per_class_counts(confusion_matrix(y_true[:, c], pred[:, c], labels=[0, 1]))

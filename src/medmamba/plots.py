@@ -1,20 +1,20 @@
-"""Confusion-matrix and ROC figures (matplotlib, written as PNG)."""
+"""Confusion-matrix and ROC figures, written as PNG.
+
+Drawn on ``matplotlib.figure.Figure`` objects, not through pyplot: no global backend is chosen or changed
+and no figure is left open, whatever the caller (a notebook, a server) has set up.
+"""
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.figure import Figure
 
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from .card import is_multi_label
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=""):
-    plt = _pyplot()
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 + 0.7 * k), max(4.0, 1.8 + 0.7 * k)))
+    fig = Figure(figsize=(max(4.5, 2.2 + 0.7 * k), max(4.0, 1.8 + 0.7 * k)))
+    ax = fig.subplots()
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
@@ -28,15 +28,14 @@ def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=""):
     ax.set_title(f"{title}\nconfusion matrix (counts, row %)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_roc(labels, probs, class_names, task, path, title=""):
     from sklearn.metrics import roc_auc_score, roc_curve
-    plt = _pyplot()
     labels, probs = np.asarray(labels), np.asarray(probs)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    if task.startswith("multi-label"):
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    if is_multi_label(task):
         curves = [(name, labels[:, i], probs[:, i]) for i, name in enumerate(class_names)]
     elif len(class_names) == 2:
         curves = [(f"{class_names[1]} vs {class_names[0]}", (labels == 1).astype(int), probs[:, 1])]
@@ -54,4 +53,3 @@ def plot_roc(labels, probs, class_names, task, path, title=""):
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,17 +19,24 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Sampler
 
 from . import distributed as dist_utils
+from .amp import autocast
+from .card import ModelCard
+from .checkpoint import save_weights
 from .config import dump_config, load_config
 from .data.builder import DataBundle, build_data
 from .errors import MedMambaError, TrainingError
-from .evaluate import autocast, evaluate, write_report
-from .models import create_model
-
-CHECKPOINTS = "checkpoints"
+from .models.timm_models import TIMM_PREFIX
+from .ops.selective_scan import resolve_backend
+from .optim import build_optimizer, lr_factor
+from .prediction import evaluate
+from .reports import write_report
+from .rng import rng_state, seed_everything, set_rng_state
+from .run_dir import RunDir
+from .runs import build_model
 
 
 class EpochSampler(Sampler):
@@ -83,85 +89,6 @@ class TrainState:
     loss_count: int = 0
 
 
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"key": np_state[1].tolist(), "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                       "cached": float(np_state[4])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuplify(state["python"]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuplify(x):
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    o = cfg["optimizer"]
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    if o.get("layer_decay") is not None:
-        if not 0 < o["layer_decay"] <= 1:
-            raise MedMambaError(f"optimizer.layer_decay must be in (0, 1]; got {o['layer_decay']}")
-        try:
-            from timm.optim import param_groups_layer_decay
-        except ImportError:
-            raise MedMambaError("optimizer.layer_decay needs timm: pip install 'medmamba[timm]'") from None
-        # BEiT's layer-wise decay as timm implements it; the model's group_matcher orders the blocks.
-        groups = param_groups_layer_decay(model, o["weight_decay"], no_weight_decay_list=skip,
-                                          layer_decay=o["layer_decay"])
-        for g in groups:
-            g["lr"] = o["lr"] * g.pop("lr_scale")
-    else:
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    name = o["name"].lower()
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=o["lr"], betas=tuple(o["betas"]))
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["momentum"] > 0)
-    raise MedMambaError(f"unknown optimizer {o['name']!r}; one of adamw, adam, sgd")
-
-
-def lr_factor(cfg: dict, steps_per_epoch: int) -> Callable[[int], float]:
-    s = cfg["schedule"]
-    total = max(1, cfg["epochs"] * steps_per_epoch)
-    warmup = int(s.get("warmup_epochs", 0) * steps_per_epoch)
-    name = s["name"].lower()
-    if name == "cosine":
-        def f(step):
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return s["min_lr_ratio"] + (1 - s["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return f
-    if name == "medmnist":  # MedMNIST's recipe: x0.1 at 50% and 75% of training
-        return lambda step: 0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total))
-    if name == "constant":
-        return lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-    raise MedMambaError(f"unknown schedule {s['name']!r}; one of cosine, medmnist, constant")
-
-
 def class_weight_tensor(cfg: dict, data: DataBundle) -> Optional[torch.Tensor]:
     cw = cfg["class_weights"]
     if cw is None:
@@ -187,33 +114,24 @@ def _atomic_dir_replace(tmp: Path, final: Path):
         shutil.rmtree(old)
 
 
-def _save_weights(model: torch.nn.Module, path: Path):
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-
-
-def checkpoint_dir(output: Path, name: str) -> Optional[Path]:
-    """The complete checkpoint folder ``name``, or the previous one if a swap was interrupted."""
-    for candidate in (output / CHECKPOINTS / name, output / CHECKPOINTS / f"{name}.old"):
-        if (candidate / "state.pt").is_file():
-            return candidate
-    return None
-
-
 class Trainer:
     def __init__(self, cfg: dict, output: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  callbacks: Sequence[Callable] = (), progress: bool = True):
         self.cfg, self.output, self.callbacks, self.progress = cfg, Path(output), list(callbacks), progress
-        if isinstance(cfg["mixup"], bool) or not isinstance(cfg["mixup"], (int, float)) or cfg["mixup"] < 0:
-            raise MedMambaError(f"mixup={cfg['mixup']!r}: give the Beta alpha, a number >= 0 (0 turns mixup off)")
+        self.run = RunDir(output)
         self.rank, self.world, device = dist_utils.init_from_env()
         self.device = torch.device(cfg["device"]) if cfg["device"] else (
             device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
-        self._prepare_output(resume, overwrite)
+        if not cfg["model"].startswith(TIMM_PREFIX):
+            resolve_backend(cfg["scan_backend"], self.device)  # an unusable backend fails here, not mid-epoch
+        self._check_output(resume, overwrite)
         seed_everything(cfg["seed"] + self.rank)
         self.data = build_data(cfg)
         self.model = self._build_model()
+        if not resume:  # only now that data and model are built: a run that cannot start leaves nothing
+            self._create_output()
         self.optimizer = build_optimizer(self.model, cfg)
         bs = cfg["batch_size"]
         n_train = len(self.data.splits["train"])
@@ -234,29 +152,28 @@ class Trainer:
         self.writer = self._tensorboard()
 
     # ---- setup -------------------------------------------------------------------------------------------
-    def _prepare_output(self, resume: bool, overwrite: bool):
-        out = self.output
+    def _check_output(self, resume: bool, overwrite: bool):
         if resume:
-            if checkpoint_dir(out, "last") is None:
-                raise MedMambaError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
-            return
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise MedMambaError(f"output folder {out} exists and is not empty; pass --overwrite to replace it "
-                                    f"or --resume to continue it")
-            if dist_utils.is_main():
-                for child in out.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if self.run.complete_checkpoint("last") is None:
+                raise MedMambaError(f"--resume: no checkpoint in {self.run.checkpoints}")
+        elif not self.run.is_empty() and not overwrite:
+            raise MedMambaError(f"output folder {self.output} exists and is not empty; pass --overwrite to replace it "
+                                f"or --resume to continue it")
+
+    def _create_output(self):
+        out = self.output
+        if dist_utils.is_main() and out.exists():
+            for child in out.iterdir():  # --overwrite: checked in _check_output
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
         dist_utils.barrier()
         if dist_utils.is_main():
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(dump_config(self.cfg))
+            self.run.config.write_text(dump_config(self.cfg))
 
     def _build_model(self):
         cfg = self.cfg
-        model = create_model(cfg["model"], num_classes=self.data.num_classes, in_chans=self.data.channels,
-                             drop_path_rate=cfg["drop_path_rate"], scan_backend=cfg["scan_backend"],
-                             pretrained=cfg["pretrained"], **cfg["model_args"]).to(self.device)
+        model = build_model(cfg, self.data.num_classes, self.data.channels, drop_path_rate=cfg["drop_path_rate"],
+                            pretrained=cfg["pretrained"]).to(self.device)
         if self.world > 1:
             model = dist_utils.convert_batchnorm(model, self.device)
         return model
@@ -268,7 +185,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return None
-        return SummaryWriter(str(self.output / "tensorboard"))
+        return SummaryWriter(str(self.run.tensorboard))
 
     def _loader(self, epoch: int, start: int) -> DataLoader:
         sampler = EpochSampler(len(self.data.splits["train"]), self.cfg["seed"], epoch, start * self.cfg["batch_size"])
@@ -281,7 +198,7 @@ class Trainer:
     def _write_checkpoint(self, name: str, files: Callable[[Path], None]):
         """Rank 0 writes a checkpoint folder through ``files(tmp_dir)`` and swaps it in atomically."""
         if dist_utils.is_main():
-            root = self.output / CHECKPOINTS
+            root = self.run.checkpoints
             root.mkdir(parents=True, exist_ok=True)
             tmp = root / f".{name}.tmp"
             if tmp.exists():
@@ -293,9 +210,9 @@ class Trainer:
 
     def _save_checkpoint(self, name: str = "last"):
         def files(tmp: Path):
-            _save_weights(self.model, tmp / "model.safetensors")
+            save_weights(self.model, tmp / "model.safetensors")
             if self.ema is not None:
-                _save_weights(self.ema.module, tmp / "ema.safetensors")
+                save_weights(self.ema.module, tmp / "ema.safetensors")
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": rng_state(), "train": vars(self.state),
                      "world_size": self.world}
@@ -304,7 +221,7 @@ class Trainer:
         self._write_checkpoint(name, files)
 
     def _load_checkpoint(self):
-        ckpt = checkpoint_dir(self.output, "last")
+        ckpt = self.run.complete_checkpoint("last")
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         if state["world_size"] != self.world:
             raise MedMambaError(f"checkpoint was written with {state['world_size']} processes, resumed with "
@@ -354,7 +271,7 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             loss = self._mixed_loss(x, y)
             if not torch.isfinite(loss):
-                last = checkpoint_dir(self.output, "last")
+                last = self.run.complete_checkpoint("last")
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {self.state.step_in_epoch + 1}; "
                                     f"stopped. Last good checkpoint: {last or 'none yet'}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -405,10 +322,10 @@ class Trainer:
     def _log(self, row: dict):
         if not dist_utils.is_main():
             return
-        with open(self.output / "metrics.jsonl", "a") as f:
+        with open(self.run.metrics_jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
         flat = {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
-        path = self.output / "metrics.csv"
+        path = self.run.metrics_csv
         new = not path.exists()
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(flat))
@@ -456,22 +373,22 @@ class Trainer:
 
     def _save_best(self):
         def files(tmp: Path):
-            _save_weights(self.eval_model(), tmp / "model.safetensors")
-            (tmp / "model.json").write_text(json.dumps(self.model_config(), indent=1))
+            save_weights(self.eval_model(), tmp / "model.safetensors")
+            (tmp / "model.json").write_text(self.model_card().to_json())
         self._write_checkpoint("best", files)
 
-    def model_config(self) -> dict:
+    def model_card(self) -> ModelCard:
         """Enough to rebuild the model and its data handling for evaluation and prediction."""
         d = self.cfg["data"]
-        return {"model": self.cfg["model"], "model_args": self.cfg["model_args"], "num_classes": self.data.num_classes,
-                "in_chans": self.data.channels, "classes": list(self.data.classes), "task": self.data.task,
-                "img_size": d["img_size"], "mean": d["mean"], "std": d["std"], "dataset": self.data.name,
-                "tta": self.cfg["tta"], "epoch": self.state.best_epoch, "monitor": self.cfg["monitor"],
-                "value": self.state.best}
+        return ModelCard(model=self.cfg["model"], model_args=self.cfg["model_args"], num_classes=self.data.num_classes,
+                         in_chans=self.data.channels, classes=list(self.data.classes), task=self.data.task,
+                         img_size=d["img_size"], mean=d["mean"], std=d["std"], dataset=self.data.name,
+                         tta=self.cfg["tta"], epoch=self.state.best_epoch, monitor=self.cfg["monitor"],
+                         value=self.state.best)
 
     def test(self, split: str = "test") -> tuple[dict, dict]:
         """Evaluate the best checkpoint on ``split``; write the report under output/eval_<split>."""
-        best = self.output / CHECKPOINTS / "best" / "model.safetensors"
+        best = self.run.weights("best")
         model = self.eval_model()
         if best.is_file():
             model.load_state_dict(load_file(str(best)))
@@ -480,7 +397,7 @@ class Trainer:
                                           tta=self.cfg["tta"])
         paths = {}
         if dist_utils.is_main():
-            paths = write_report(self.output / f"eval_{split}", metrics, labels, probs, self.data.classes,
+            paths = write_report(self.run.eval_dir(split), metrics, labels, probs, self.data.classes,
                                  f"{self.cfg['model']} on {self.data.name} ({split}), best epoch "
                                  f"{self.state.best_epoch}", self.data.name,
                                  extra={"checkpoint": str(best), "split": split, "tta": self.cfg["tta"]})
@@ -499,7 +416,7 @@ def train(cfg: dict | str | None = None, output: str | os.PathLike = "runs/medma
           overwrite=False, callbacks=(), progress=True, test_split: Optional[str] = "test"):
     """Library entry point: train, then evaluate the best checkpoint on ``test_split``."""
     if resume:
-        cfg = load_config(Path(output) / "config.yaml", overrides)
+        cfg = load_config(RunDir(output).config, overrides)
     elif not isinstance(cfg, dict):
         cfg = load_config(cfg, overrides)
     trainer = Trainer(cfg, output, resume=resume, overwrite=overwrite, callbacks=callbacks, progress=progress)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset, Subset
 
+from ..card import is_multi_label
 from ..errors import DataError
 from .folders import ImageListDataset, csv_manifest_splits, image_folder_splits
 from .medmnist import MedMNIST, medmnist_info
@@ -25,7 +26,7 @@ class DataBundle:
 
     @property
     def multi_label(self) -> bool:
-        return self.task.startswith("multi-label")
+        return is_multi_label(self.task)
 
 
 def build_data(cfg: dict, splits=("train", "val", "test")) -> DataBundle:

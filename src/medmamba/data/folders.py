@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..files import atomic_write_text
 from .dicom import DICOM_SUFFIXES, is_dicom, read_dicom
+from .transforms import match_channels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"} | DICOM_SUFFIXES
 
@@ -50,9 +51,7 @@ def read_image(path: str | os.PathLike, channels: int) -> torch.Tensor:
 def _to_channels(array: np.ndarray, channels: int) -> torch.Tensor:
     array = array[..., None] if array.ndim == 2 else array
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
-    if tensor.shape[0] != channels:
-        tensor = tensor.mean(0, keepdim=True) if channels == 1 else tensor.expand(channels, -1, -1)
-    return tensor.contiguous()
+    return match_channels(tensor, channels).contiguous()
 
 
 class ImageListDataset(Dataset):

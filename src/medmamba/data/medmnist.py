@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..card import is_multi_label
 from ..errors import DataError
 
 DATA_ENV = "MEDMAMBA_DATA"
@@ -38,7 +39,7 @@ class SubsetInfo:
 
     @property
     def multi_label(self) -> bool:
-        return self.task.startswith("multi-label")
+        return is_multi_label(self.task)
 
     def filename(self, size: int = 28) -> str:
         return f"{self.name}.npz" if size == 28 else f"{self.name}_{size}.npz"

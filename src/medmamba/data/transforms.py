@@ -19,21 +19,27 @@ class AugmentConfig:
     erasing: float = 0.0           # RandomErasing probability
 
 
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """(..., C, H, W) with ``channels`` channels: grey images for an RGB model repeat their channel, colour
+    images for a grey model are averaged. The one place where channel counts are reconciled."""
+    if image.shape[-3] == channels:
+        return image
+    if channels == 1:
+        return image.mean(-3, keepdim=True)
+    if image.shape[-3] == 1:
+        return image.expand(*image.shape[:-3], channels, *image.shape[-2:])
+    raise ValueError(f"cannot map {image.shape[-3]} image channels to {channels}")
+
+
 class MatchChannels(torch.nn.Module):
-    """Grey images for an RGB model repeat their channel; colour images for a grey model are averaged."""
+    """``match_channels`` as a transform step."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.channels = channels
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if image.shape[-3] == self.channels:
-            return image
-        if self.channels == 1:
-            return image.mean(-3, keepdim=True)
-        if image.shape[-3] == 1:
-            return image.expand(*image.shape[:-3], self.channels, *image.shape[-2:])
-        raise ValueError(f"cannot map {image.shape[-3]} image channels to {self.channels}")
+        return match_channels(image, self.channels)
 
 
 def build_transform(img_size: int, channels: int, train: bool, aug: AugmentConfig | None = None,

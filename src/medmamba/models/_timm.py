@@ -1,18 +1,19 @@
-"""Make the MedMamba variants available through ``timm.create_model`` when timm is installed."""
+"""Make the MedMamba variants available through ``timm.create_model``: call ``register_with_timm()`` once.
+
+Nothing is registered on import: a package that writes into another library's registry as a side effect
+of being imported surprises whoever imports it for something else.
+"""
 from __future__ import annotations
 
-import importlib.util
 
-
-def register_with_timm() -> bool:
-    """Register medmamba_t/s/b in timm's registry; returns False when timm is not installed."""
-    if importlib.util.find_spec("timm") is None:
-        return False
-    from timm.models import register_model as timm_register
-    from timm.models._registry import _model_entrypoints as timm_models
+def register_with_timm() -> list[str]:
+    """Register medmamba_t/s/b with timm's public ``register_model``; returns the names now known to timm.
+    Calling it again registers nothing twice."""
+    from timm.models import is_model, register_model
 
     from . import medmamba
-    for name in medmamba.VARIANTS:
-        if name not in timm_models:
-            timm_register(getattr(medmamba, name))
-    return True
+    names = ["medmamba_t", "medmamba_s", "medmamba_b"]
+    for name in names:
+        if not is_model(name):
+            register_model(getattr(medmamba, name))
+    return names

@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cross_scan import NUM_DIRECTIONS
-from ..ops.selective_scan import compute_dtype, cross_selective_scan
+from ..ops.scan_reference import compute_dtype
+from ..ops.selective_scan import cross_selective_scan
+from ._builder import build_model_with_cfg
 from ._registry import register_model
 from .layers import DropPath, channel_shuffle
 
 __all__ = ["MedMamba", "MedMambaFeatures", "PatchEmbed2D", "PatchMerging2D", "SS2D", "SS_Conv_SSM", "VSSLayer",
-           "medmamba_t", "medmamba_s", "medmamba_b"]
+           "checkpoint_filter_fn", "medmamba_t", "medmamba_s", "medmamba_b"]
 
 
 class PatchEmbed2D(nn.Module):
@@ -156,7 +158,7 @@ class SS_Conv_SSM(nn.Module):  # noqa: N801 (official name, kept for readers com
 
 
 class VSSLayer(nn.Module):
-    """One stage: ``depth`` SS-Conv-SSM blocks, then Patch-M unless it is the last stage."""
+    """One stage: ``depth`` SS-Conv-SSM blocks; its Patch-M (``downsample``) follows unless it is the last stage."""
 
     def __init__(self, dim, depth, attn_drop=0.0, drop_path: float | Sequence[float] = 0.0,
                  norm_layer: Callable = nn.LayerNorm, downsample: Optional[Callable] = None, use_checkpoint=False,
@@ -171,17 +173,14 @@ class VSSLayer(nn.Module):
             for i in range(depth)])
         self.downsample = downsample(dim=dim, norm_layer=norm_layer) if downsample is not None else None
 
-    def forward_blocks(self, x):
+    def forward(self, x):
+        """The stage's blocks; Patch-M (``downsample``) is applied by the model, which also needs the map before it."""
         for block in self.blocks:
             if self.use_checkpoint and x.requires_grad:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
         return x
-
-    def forward(self, x):
-        x = self.forward_blocks(x)
-        return self.downsample(x) if self.downsample is not None else x
 
 
 class MedMamba(nn.Module):
@@ -193,11 +192,14 @@ class MedMamba(nn.Module):
         drop_rate: dropout after the patch embedding (where the official code applies it).
         drop_path_rate: stochastic depth, rising linearly over the blocks.
         scan_backend: selective-scan backend of every SS2D ("auto", "reference", "cpu", "triton", "mamba_ssm").
+        backbone_stages: build only the first N stages, with no Patch-M after the last of them and no pool or
+            head (a features-only backbone); drop-path rates stay those of the full depth.
     """
 
     def __init__(self, depths=(2, 2, 4, 2), dims=(96, 192, 384, 768), num_classes=1000, in_chans=3, patch_size=4,
                  d_state=16, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1, norm_layer=nn.LayerNorm,
-                 patch_norm=True, use_checkpoint=False, scan_backend="auto", **ss2d_kwargs):
+                 patch_norm=True, use_checkpoint=False, scan_backend="auto", backbone_stages: Optional[int] = None,
+                 **ss2d_kwargs):
         super().__init__()
         if isinstance(dims, int):
             dims = [dims * 2 ** i for i in range(len(depths))]
@@ -205,6 +207,9 @@ class MedMamba(nn.Module):
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} must have the same length")
         self.depths, self.dims = list(depths), list(dims)
         self.num_layers = len(depths)
+        built = self.num_layers if backbone_stages is None else backbone_stages
+        if not 1 <= built <= self.num_layers:
+            raise ValueError(f"backbone_stages={backbone_stages}: the model has stages 1..{self.num_layers}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.patch_size = patch_size
@@ -214,15 +219,16 @@ class MedMamba(nn.Module):
         self.pos_drop = nn.Dropout(p=drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for i, (depth, dim) in enumerate(zip(depths[:built], dims[:built])):
             self.layers.append(VSSLayer(
                 dim, depth, attn_drop=attn_drop_rate, drop_path=rates[sum(depths[:i]):sum(depths[:i + 1])],
-                norm_layer=norm_layer, downsample=PatchMerging2D if i < self.num_layers - 1 else None,
+                norm_layer=norm_layer, downsample=PatchMerging2D if i < built - 1 else None,
                 use_checkpoint=use_checkpoint, d_state=d_state, scan_backend=scan_backend, **ss2d_kwargs))
         self.feature_info = [dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}")
-                             for i, dim in enumerate(dims)]
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+                             for i, dim in enumerate(dims[:built])]
+        if backbone_stages is None:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -287,7 +293,7 @@ class MedMamba(nn.Module):
         x = self.pos_drop(self.patch_embed(x))
         maps = []
         for i, layer in enumerate(self.layers):
-            x = layer.forward_blocks(x)
+            x = layer(x)
             if i in out_indices:
                 maps.append(x.permute(0, 3, 1, 2))
             if layer.downsample is not None:
@@ -311,26 +317,39 @@ class MedMamba(nn.Module):
 
 
 class MedMambaFeatures(MedMamba):
-    """Multi-scale backbone for dense tasks: forward returns the NCHW map of each stage in out_indices."""
+    """Multi-scale backbone for dense tasks: forward returns the NCHW map of each stage in out_indices.
+    Only the stages up to the last one requested are built."""
 
-    def __init__(self, *args, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs):
-        kwargs["num_classes"] = 0
-        super().__init__(*args, **kwargs)
-        n = self.num_layers
+    def __init__(self, *args, out_indices: Sequence[int] = (0, 1, 2, 3), depths=(2, 2, 4, 2), **kwargs):
+        n = len(depths)
         if not out_indices or any(not -n <= i < n for i in out_indices):
             raise ValueError(f"out_indices {tuple(out_indices)} must name stages among 0..{n - 1}")
         self.out_indices = tuple(sorted({i % n for i in out_indices}))
-        # Stages after the last requested one are never run; dropping them keeps the parameters honest.
-        last = max(self.out_indices)
-        del self.layers[last + 1:]
-        self.layers[last].downsample = None
-        del self.head, self.avgpool
-        self.pretrained_ignore_prefixes = ("head.", f"layers.{last}.downsample.",
-                                           *(f"layers.{i}." for i in range(last + 1, n)))
+        kwargs["num_classes"] = 0
+        super().__init__(*args, depths=depths, backbone_stages=max(self.out_indices) + 1, **kwargs)
         self.feature_info = [self.feature_info[i] for i in self.out_indices]
 
     def forward(self, x):
         return self.forward_stages(x, self.out_indices)[1]
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MedMamba) -> dict[str, torch.Tensor]:
+    """Fit a MedMamba checkpoint (this package's or the official layout, which share their keys) to ``model``:
+    a 3-channel stem summed for a 1-channel model, and the weights of stages, Patch-M and head that a
+    features-only backbone does not have left out. Other differences are left for the loader to report."""
+    state = dict(state_dict)
+    own = model.state_dict()
+    stem = "patch_embed.proj.weight"
+    if stem in state and stem in own and state[stem].shape != own[stem].shape:
+        theirs, ours = state[stem], own[stem]
+        if theirs.shape[1] == 3 and ours.shape[1] == 1 and theirs.shape[0] == ours.shape[0]:
+            # A grey image is an RGB image with three equal channels: summing the kernel keeps the response.
+            state[stem] = theirs.sum(dim=1, keepdim=True)
+    built = len(model.layers)
+    if isinstance(model, MedMambaFeatures):
+        absent = ("head.", f"layers.{built - 1}.downsample.", *(f"layers.{i}." for i in range(built, model.num_layers)))
+        state = {k: v for k, v in state.items() if not k.startswith(absent)}
+    return state
 
 
 VARIANTS = {
@@ -340,53 +359,24 @@ VARIANTS = {
 }
 
 
-def _build(variant: str, pretrained=None, features_only=False, **kwargs):
-    # timm passes its own bookkeeping to every entry point; none of it applies here.
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "cache_dir"):
-        kwargs.pop(key, None)
-    config = None
-    if pretrained and not isinstance(pretrained, bool):
-        from ..checkpoint import CheckpointError, read_model_config, resolve_weights
-        pretrained = resolve_weights(pretrained)  # also a checkpoint folder or a training run's output folder
-        config = read_model_config(pretrained)
-        if config is not None:
-            if config["model"] != variant:
-                raise CheckpointError(f"{pretrained} holds {config['model']} weights, not {variant}")
-            # The saved config fills in what the caller left out (class count, channels, variant overrides).
-            for key, value in {**config.get("model_args", {}), "num_classes": config.get("num_classes"),
-                               "in_chans": config.get("in_chans")}.items():
-                if value is not None:
-                    kwargs.setdefault(key, value)
-    cfg = {**VARIANTS[variant], **kwargs}
-    if features_only:
-        model = MedMambaFeatures(**cfg)
-    else:
-        cfg.pop("out_indices", None)
-        model = MedMamba(**cfg)
-    if pretrained and not isinstance(pretrained, bool):
-        from ..checkpoint import load_checkpoint
-        load_checkpoint(model, pretrained)
-        if config is not None:
-            model.pretrained_cfg = config
-    elif pretrained is True:
-        raise ValueError(f"{variant}: pretrained=True needs a path; no weights are downloaded. "
-                         "Pass pretrained='path/to/checkpoint.pth' (or .safetensors).")
-    return model
+def _create(variant: str, pretrained=None, **kwargs) -> MedMamba:
+    return build_model_with_cfg(MedMamba, variant, VARIANTS[variant], pretrained, feature_cls=MedMambaFeatures,
+                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 @register_model
 def medmamba_t(pretrained=None, **kwargs) -> MedMamba:
     """MedMamba-T: depths (2, 2, 4, 2), dims 96..768."""
-    return _build("medmamba_t", pretrained, **kwargs)
+    return _create("medmamba_t", pretrained, **kwargs)
 
 
 @register_model
 def medmamba_s(pretrained=None, **kwargs) -> MedMamba:
     """MedMamba-S: depths (2, 2, 8, 2), dims 96..768."""
-    return _build("medmamba_s", pretrained, **kwargs)
+    return _create("medmamba_s", pretrained, **kwargs)
 
 
 @register_model
 def medmamba_b(pretrained=None, **kwargs) -> MedMamba:
     """MedMamba-B: depths (2, 2, 12, 2), dims 128..1024."""
-    return _build("medmamba_b", pretrained, **kwargs)
+    return _create("medmamba_b", pretrained, **kwargs)

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .selective_scan import finish_scan, scan_inputs
+from .scan_reference import finish_scan, scan_inputs
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

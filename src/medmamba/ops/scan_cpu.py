@@ -32,7 +32,7 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
 from .cross_scan import NUM_DIRECTIONS, scan_order
-from .selective_scan import compute_dtype, finish_scan
+from .scan_reference import compute_dtype, finish_scan, fold_rows, fused_rows
 
 BLOCK_ROWS = 64  # rows per block, the SIMD lanes of every inner loop; fewer when that leaves threads idle
 SEGMENT = 64  # steps rebuilt at a time in the backward
@@ -443,7 +443,7 @@ class _FusedScan(torch.autograd.Function):
             _scan_bwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
                       ctx.rows, _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b),
                       _np(dD_b), _np(dB_p), _np(dC_p))
-        du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
+        du = fold_rows(du_rows, n_u)
         dB = dB_p.sum(2).transpose(-1, -2)
         dC = dC_p.sum(2).transpose(-1, -2)
         return du, ddelta, dA_b.sum(0), dB, dC, dD_b.sum(0), ddelta.sum((0, 2)), None, None
@@ -476,8 +476,5 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 def cross_selective_scan_cpu(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
     """``cross_selective_scan`` on CPU tensors, the four directions fused in one kernel call."""
-    batch, dim, height, width = x.shape
-    length = height * width
-    return _run(x.reshape(batch, dim, length), delta.reshape(batch, NUM_DIRECTIONS * dim, length), A,
-                B.flatten(-2), C.flatten(-2), D, delta_bias, _cross_orders(height, width),
-                delta_softplus).view(batch, dim, height, width)
+    u, delta, B, C = fused_rows(x, delta, B, C)
+    return _run(u, delta, A, B, C, D, delta_bias, _cross_orders(*x.shape[-2:]), delta_softplus).view(x.shape)

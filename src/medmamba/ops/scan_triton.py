@@ -19,8 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .cross_scan import NUM_DIRECTIONS
-from .selective_scan import compute_dtype, finish_scan
+from .scan_reference import compute_dtype, finish_scan, fold_rows, fused_rows
 
 
 @triton.jit
@@ -224,17 +223,14 @@ def _scan_backward_op(dy: torch.Tensor, h0: torch.Tensor, u: torch.Tensor, delta
                       B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, bias: torch.Tensor, softplus: bool,
                       height: int, width: int) -> list[torch.Tensor]:
     grid, meta = _launch_args(u, delta, A, B, height, width)
-    batch, n_rows, length = delta.shape
-    n_chunks = triton.cdiv(length, BLOCK_L)
+    n_chunks = triton.cdiv(delta.shape[2], BLOCK_L)
     f32 = dict(device=u.device, dtype=torch.float32)
     du_rows = torch.empty(delta.shape, **f32)
     ddelta = torch.empty(delta.shape, **f32)
     dA, dB, dC, dD = (torch.zeros(t.shape, **f32) for t in (A, B, C, D))
     _scan_bwd_kernel[grid](u, delta, A, B, C, D, bias, dy.contiguous(), h0, du_rows, ddelta, dA, dB, dC, dD,
                            n_chunks=n_chunks, SOFTPLUS=softplus, CROSS=height > 0, **meta)
-    n_u = u.shape[1]
-    du = du_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else du_rows
-    return [du, ddelta, dA, dB, dC, dD, ddelta.sum((0, 2))]
+    return [fold_rows(du_rows, u.shape[1]), ddelta, dA, dB, dC, dD, ddelta.sum((0, 2))]
 
 
 @_scan_backward_op.register_fake
@@ -283,11 +279,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
 def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
     """``cross_selective_scan`` with the four directions read from the map and merged in the kernel."""
-    batch, dim, height, width = x.shape
-    length = height * width
-    (u_, delta_, B_, C_), (A_, D_, bias_) = _prepare(
-        x.reshape(batch, dim, length), delta.reshape(batch, NUM_DIRECTIONS * dim, length), A,
-        B.reshape(batch, NUM_DIRECTIONS, -1, length), C.reshape(batch, NUM_DIRECTIONS, -1, length), D, delta_bias)
+    height, width = x.shape[-2:]
+    u, delta, B, C = fused_rows(x, delta, B, C)
+    (u_, delta_, B_, C_), (A_, D_, bias_) = _prepare(u, delta, A, B, C, D, delta_bias)
     keep = _needs_grad(u_, delta_, A_, B_, C_, D_, bias_)
     y = _scan_op(u_, delta_, A_, B_, C_, D_, bias_, bool(delta_softplus), height, width, keep)[0]
-    return y.view(batch, dim, height, width)
+    return y.view(x.shape)

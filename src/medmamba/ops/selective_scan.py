@@ -1,14 +1,7 @@
-"""The S6 selective scan, its pure-PyTorch reference, and the choice of backend.
+"""Which selective-scan implementation runs: the backends, their availability, and the dispatch.
 
-For every channel d and state n of a sequence (Delta already through bias and softplus):
-
-    h_t = exp(Delta_t * A) * h_{t-1} + Delta_t * B_t * u_t
-    y_t = <C_t, h_t> + D * u_t          (then y_t * silu(z_t) when z is given)
-
-Shapes follow mamba_ssm's ``selective_scan_fn``: u, delta, z: (batch, dim, L); A: (dim, N);
-B, C: (batch, groups, N, L), channel d using group d // (dim // groups); D, delta_bias: (dim,).
-
-``reference`` is the specification: every faster backend is tested against it.
+The maths and its pure-PyTorch specification are in ``scan_reference``; each fast backend is a module
+beside it, imported only when first chosen. A backend is resolved once per (name, device type).
 """
 from __future__ import annotations
 
@@ -16,88 +9,14 @@ import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
-from .cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The scan state lives in float32 (float64 when asked): half precision would drift over L."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_scan_shapes(u, delta, A, B, C, D=None, z=None, delta_bias=None):
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (batch, dim, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
-    batch, dim, length = u.shape
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must be (dim={dim}, N); got {tuple(A.shape)}")
-    n = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != n or t.shape[3] != length or dim % t.shape[1]:
-            raise ValueError(
-                f"{name} must be (batch={batch}, groups dividing {dim}, N={n}, L={length}); got {tuple(t.shape)}")
-    if B.shape[1] != C.shape[1]:
-        raise ValueError(f"B and C must have the same number of groups; got {B.shape[1]} and {C.shape[1]}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and tuple(t.shape) != (dim,):
-            raise ValueError(f"{name} must be (dim={dim},); got {tuple(t.shape)}")
-    if z is not None and z.shape != u.shape:
-        raise ValueError(f"z must be shaped like u {tuple(u.shape)}; got {tuple(z.shape)}")
-
-
-def scan_inputs(u, delta, A, B, C, delta_bias=None, delta_softplus=False):
-    """The inputs in the compute dtype, with Delta through its bias and softplus: what every pure-PyTorch
-    formulation starts from."""
-    ct = compute_dtype(u.dtype)
-    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    return u, delta, A, B, C
-
-
-def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Sequential pure-PyTorch scan. Steps come from ``unbind`` so autograd stays linear in L."""
-    dtype_in = u.dtype
-    u, delta, A, B, C = scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
-    batch, dim, _ = u.shape
-    groups, n = B.shape[1], A.shape[1]
-    per_group = dim // groups
-    A = A.view(groups, per_group, n)
-    h = u.new_zeros(batch, groups, per_group, n)
-    ys = []
-    for u_t, dt_t, B_t, C_t in zip(u.unbind(-1), delta.unbind(-1), B.unbind(-1), C.unbind(-1)):
-        dt_t = dt_t.view(batch, groups, per_group, 1)
-        h = torch.exp(dt_t * A) * h + dt_t * B_t.unsqueeze(2) * u_t.view(batch, groups, per_group, 1)
-        ys.append((h * C_t.unsqueeze(2)).sum(-1).view(batch, dim))
-    y = torch.stack(ys, dim=-1)
-    return finish_scan(y, u, D, z, dtype_in)
-
-
-def finish_scan(y, u, D, z, dtype_in):
-    """The parts every backend shares: skip connection (unless the kernel added it), gate, output dtype."""
-    if D is not None:
-        y = y + u.to(y.dtype) * D.to(y.dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(y.dtype))
-    return y.to(dtype_in)
-
-
-def cross_selective_scan_composed(scan: Callable, x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """SS2D's four-direction scan built from a 1-D scan: cross-scan, one scan of 4*dim rows, cross-merge."""
-    batch, dim, height, width = x.shape
-    length = height * width
-    ct = compute_dtype(x.dtype)
-    us = cross_scan(x.to(ct)).reshape(batch, NUM_DIRECTIONS * dim, length)
-    deltas = cross_scan(delta.to(ct)).reshape(batch, NUM_DIRECTIONS * dim, length)
-    y = scan(us, deltas, A, cross_scan(B.to(ct)), cross_scan(C.to(ct)), D=D, delta_bias=delta_bias,
-             delta_softplus=delta_softplus)
-    return cross_merge(y.view(batch, NUM_DIRECTIONS, dim, length), height, width)
+from ..errors import ModelError
+from .cross_scan import NUM_DIRECTIONS
+from .scan_reference import check_scan_shapes, cross_selective_scan_composed, selective_scan_reference
 
 
 @dataclass
@@ -109,6 +28,18 @@ class Backend:
     load_cross: Optional[Callable[[], Callable]] = None
     devices: tuple = ("cpu", "cuda")
     why_unavailable: str = ""
+
+    @cached_property
+    def scan(self) -> Callable:
+        """The 1-D scan, with ``selective_scan``'s arguments (imported on first use)."""
+        return self.load()
+
+    @cached_property
+    def cross(self) -> Callable:
+        """SS2D's four-direction scan: the backend's fused one, or cross-scan + its 1-D scan + cross-merge."""
+        if self.load_cross is not None:
+            return self.load_cross()
+        return partial(cross_selective_scan_composed, self.scan)
 
 
 def _module_exists(name: str) -> bool:
@@ -178,6 +109,7 @@ BACKENDS: dict[str, Backend] = {
 }
 
 _warned_fallback = False
+_resolved: dict[tuple[str, str, bool], Backend] = {}
 
 
 def available_backends() -> list[str]:
@@ -185,40 +117,49 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device) -> Backend:
-    """Map a backend name (or "auto") to an available backend for tensors on ``device``."""
+    """Map a backend name (or "auto") to an available backend for tensors on ``device``; the answer is kept
+    per (name, device type), so a model's forward pays a dictionary lookup, not the availability checks.
+    (Whether Triton's interpreter is on is part of the key: it decides whether triton may take CPU tensors.)"""
+    key = (backend, torch.device(device).type, os.environ.get("TRITON_INTERPRET") == "1")
+    if key not in _resolved:
+        _resolved[key] = _resolve(backend, key[1])
+    return _resolved[key]
+
+
+def _resolve(backend: str, device_type: str) -> Backend:
     global _warned_fallback
     if backend == "auto":
-        if device.type == "cuda":
+        if device_type == "cuda":
             for name in ("triton", "mamba_ssm"):
                 if BACKENDS[name].is_available():
                     return BACKENDS[name]
             return BACKENDS["reference"]
-        if device.type == "cpu":
+        if device_type == "cpu":
             if BACKENDS["cpu"].is_available():
                 return BACKENDS["cpu"]
             if not _warned_fallback:
                 warnings.warn("numba is not importable: the selective scan falls back to the slow pure-PyTorch "
-                              "reference. `pip install numba` for the fast CPU backend.", RuntimeWarning, stacklevel=3)
+                              "reference. `pip install numba` for the fast CPU backend.", RuntimeWarning, stacklevel=4)
                 _warned_fallback = True
         return BACKENDS["reference"]
     available = available_backends()
     chosen = BACKENDS.get(backend)
     if chosen is None or backend not in available:
         reason = "unknown backend" if chosen is None else chosen.why_unavailable
-        raise ValueError(f"selective-scan backend {backend!r} is not available ({reason}); "
+        raise ModelError(f"selective-scan backend {backend!r} is not available ({reason}); "
                          f"available: {', '.join(available)}")
     interpreted = chosen.name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
-    if device.type not in chosen.devices and not interpreted:
-        raise ValueError(f"selective-scan backend {backend!r} runs on {'/'.join(chosen.devices)} tensors, "
-                         f"not {device.type}; available: {', '.join(available)}")
+    if device_type not in chosen.devices and not interpreted:
+        raise ModelError(f"selective-scan backend {backend!r} runs on {'/'.join(chosen.devices)} tensors, "
+                         f"not {device_type}; available: {', '.join(available)}")
     return chosen
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto"):
-    """The S6 selective scan (see module docstring); returns (batch, dim, L) in u's dtype."""
+    """The S6 selective scan (see ``scan_reference``); returns (batch, dim, L) in u's dtype."""
     check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
-    fn = resolve_backend(backend, u.device).load()
-    return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return resolve_backend(backend, u.device).scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                                   delta_softplus=delta_softplus)
 
 
 def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend="auto"):
@@ -235,8 +176,5 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
         if t.dim() != 5 or t.shape[:2] != (batch, NUM_DIRECTIONS) or t.shape[3:] != (height, width):
             raise ValueError(f"{name} must be (batch, 4, N, H, W) = ({batch}, 4, N, {height}, {width}); "
                              f"got {tuple(t.shape)}")
-    chosen = resolve_backend(backend, x.device)
-    if chosen.load_cross is not None:
-        return chosen.load_cross()(x, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
-    return cross_selective_scan_composed(chosen.load(), x, delta, A, B, C, D=D, delta_bias=delta_bias,
-                                         delta_softplus=delta_softplus)
+    return resolve_backend(backend, x.device).cross(x, delta, A, B, C, D=D, delta_bias=delta_bias,
+                                                    delta_softplus=delta_softplus)

@@ -1,0 +1,90 @@
+"""The model card: what a set of trained weights is and how to feed it, saved as JSON beside the weights.
+
+Training writes it (``checkpoints/best/model.json``); the model builder, ``Predictor``, evaluation and
+export read it. Every field has its one default here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import CheckpointError
+
+MULTI_LABEL = "multi-label"
+
+
+def is_multi_label(task: str) -> bool:
+    """MedMNIST's task names: "multi-label, binary-class" is multi-label; every other task is one class per image."""
+    return str(task).startswith(MULTI_LABEL)
+
+
+@dataclass
+class ModelCard:
+    model: str                                  # registered name, e.g. medmamba_t or timm/resnet18
+    model_args: dict = field(default_factory=dict)
+    num_classes: Optional[int] = None
+    in_chans: Optional[int] = None
+    classes: Optional[list] = None              # class names, in the order of the model's outputs
+    task: str = "multi-class"
+    img_size: int = 224                         # the input size the weights were trained at
+    mean: float = 0.5
+    std: float = 0.5
+    tta: bool = False                           # average each image with its mirror, as it was validated
+    dataset: Optional[str] = None
+    epoch: Optional[int] = None                 # the checkpoint's epoch and its validation score
+    monitor: Optional[str] = None
+    value: Optional[float] = None
+    temperature: Optional[float] = None         # fitted on the validation split; divides the logits
+    threshold: Optional[float] = None           # binary tasks: positive when p(class 1) >= threshold
+    extra: dict = field(default_factory=dict)   # keys this version does not know, kept when rewritten
+
+    @property
+    def multi_label(self) -> bool:
+        return is_multi_label(self.task)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in (self.classes or range(self.num_classes or 0))]
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "model card") -> "ModelCard":
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            raise CheckpointError(f"{source}: a model card needs at least {{\"model\": \"medmamba_t\", ...}}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        card = cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+        if card.model_args is None or not isinstance(card.model_args, dict):
+            raise CheckpointError(f"{source}: model_args must be a mapping, got {card.model_args!r}")
+        return card
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+CARD_NAME = "model.json"
+
+
+def card_path(weights: str | os.PathLike) -> list[Path]:
+    """Where a weights file's card may be: ``name.json`` beside ``name.safetensors``, else ``model.json``."""
+    weights = Path(weights)
+    return [weights.with_suffix(".json"), weights.parent / CARD_NAME]
+
+
+def read_card(weights: str | os.PathLike) -> Optional[ModelCard]:
+    """The card saved beside a weights file, or None when there is none."""
+    for candidate in card_path(weights):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{candidate}: not a readable model card ({e})") from None
+            return ModelCard.from_dict(data, str(candidate))
+    return None

@@ -1,0 +1,67 @@
+"""The batch prediction core: class probabilities of a model on a batch or a dataset.
+
+Everything that runs a trained model (validation during training, evaluation, ``Predictor``, explanation)
+turns logits into probabilities here, so they agree to the last bit.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import distributed as dist_utils
+from .amp import autocast
+from .card import is_multi_label
+
+
+def class_probabilities(logits: torch.Tensor, multi_label: bool, temperature: Optional[float] = None) -> torch.Tensor:
+    """Independent sigmoids for multi-label tasks, a softmax over classes otherwise; logits divided by
+    ``temperature`` first when one was fitted."""
+    if temperature is not None:
+        logits = logits / temperature
+    return torch.sigmoid(logits) if multi_label else logits.softmax(-1)
+
+
+def model_probabilities(model, x: torch.Tensor, multi_label: bool, tta: bool = False, device="cpu",
+                        amp: Optional[str] = None, temperature: Optional[float] = None) -> torch.Tensor:
+    """Class probabilities of a batch; with ``tta`` averaged with those of the horizontal mirror images."""
+    views = (x, x.flip(-1)) if tta else (x,)
+    total = 0
+    for view in views:
+        with autocast(device, amp):
+            total = total + class_probabilities(model(view).float(), multi_label, temperature)
+    return total / len(views)
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[str] = None, multi_label=False,
+            num_workers: int = 0, progress: bool = False, tta: bool = False, temperature: Optional[float] = None):
+    """(labels, probabilities) over ``dataset``; sharded over ranks and gathered when distributed.
+
+    ``tta``: each image's probabilities averaged with those of its horizontal mirror (test-time
+    augmentation matching the training flips)."""
+    model.eval()
+    indices = dist_utils.shard_indices(len(dataset))
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, generator=torch.Generator())
+    if progress and dist_utils.is_main():
+        from tqdm.auto import tqdm
+        loader = tqdm(loader, desc="evaluating", leave=False)
+    labels, probs = [], []
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        probs.append(model_probabilities(model, x, multi_label, tta, device, amp, temperature).cpu())
+        labels.append(y)
+    labels = torch.cat(labels).numpy() if labels else np.zeros((0,))
+    probs = torch.cat(probs).numpy() if probs else np.zeros((0, 0))
+    return dist_utils.gather_in_order(indices, labels, probs, len(dataset))
+
+
+def evaluate(model, dataset, task: str, class_names, batch_size=64, device="cpu", amp=None, progress=False,
+             tta=False):
+    """(metrics, labels, probabilities) of ``model`` on ``dataset``."""
+    from .metrics import classification_metrics
+    labels, probs = predict(model, dataset, batch_size, device, amp, is_multi_label(task), progress=progress, tta=tta)
+    return classification_metrics(labels, probs, task, class_names), labels, probs

@@ -1,0 +1,54 @@
+"""What a user reads before running anything: the README's promises, the licence, the dependency bounds."""
+import re
+import tomllib
+
+import pytest
+import torch
+
+from medmamba.data import medmnist_subsets
+from medmamba.reports import PUBLISHED, published_table
+
+from .conftest import REPO
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_license_file_matches_pyproject():
+    declared = pyproject()["project"]["license"]["text"]
+    text = (REPO / "LICENSE").read_text()
+    assert declared == "Apache-2.0"
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"] and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_torch_lower_bound_has_what_the_code_uses():
+    """The Triton backend registers torch.library.custom_op ops (torch 2.4); the bound must not admit less."""
+    bound = next(d for d in pyproject()["project"]["dependencies"] if re.match(r"torch\b(?!vision)", d))
+    major, minor = map(int, re.search(r">=\s*(\d+)\.(\d+)", bound).groups())
+    assert (major, minor) >= (2, 4), bound
+    assert hasattr(torch.library, "custom_op")
+    source = (REPO / "src" / "medmamba" / "ops" / "scan_triton.py").read_text()
+    assert "torch.library.custom_op" in source  # if this goes, the bound may be lowered again
+
+
+def test_published_results_cover_every_medmnist_subset():
+    assert set(PUBLISHED) == set(medmnist_subsets()) and len(PUBLISHED) == 12
+    for name, rows in PUBLISHED.items():
+        assert all(0 < acc < 1 and 0.5 < auc <= 1 for acc, auc in rows.values()), name
+    table = published_table("dermamnist", {"medmnist": {"acc": 0.7, "auc": 0.9}})
+    assert "| ResNet-18 (28), MedMNIST v2 | 0.735 | 0.917 |" in table
+
+
+@pytest.mark.parametrize("needle", [
+    "## Your own data", "root/train/<class>/*", "root/<class>/*", "split_seed", "path,label", "data.channels",
+    "data.img_size", "data.mean", "order of the model's outputs"])
+def test_readme_explains_own_data(needle):
+    section = (REPO / "README.md").read_text().split("## Your own data", 1)
+    assert len(section) == 2 and needle in "## Your own data" + section[1].split("\n## ", 1)[0]
+
+
+def test_readme_says_how_to_install_a_cpu_only_torch():
+    readme = (REPO / "README.md").read_text()
+    head = readme.split("## ", 1)[0]
+    assert "CPU-only" in head and "--index-url https://download.pytorch.org/whl/cpu" in head
