@@ -1,6 +1,6 @@
-"""Validation and test metrics after every epoch of a recipe, and a plot of several such runs: how the recipes'
-length, checkpoint choice and pretraining were decided. The test split is only recorded here; the training
-never sees it (checkpoint choice and early stopping still use the validation split).
+"""Validation metrics after every epoch of a recipe, and a plot of several such runs: how a recipe's length
+and checkpoint choice are decided. Only the validation split is looked at: test-split curves chose the
+recipes of earlier versions (BENCHMARKS.md says which), a habit this script no longer allows.
 
     .venv/bin/python benchmarks/learning_curves.py run configs/breastmnist.yaml /tmp/lc/scratch --data-root \\
         ../shared/medmnist --set epochs=60 monitor=loss threads=1
@@ -17,26 +17,16 @@ CURVES = "curves.json"
 
 def run(recipe: str, output: str, data_root: str, overrides: list[str]):
     from medmamba.config import load_config
-    from medmamba.prediction import evaluate
-    from medmamba.train import Trainer
-
-    class CurveTrainer(Trainer):
-        def validate(self):
-            val = super().validate()
-            test, _, _ = evaluate(self.eval_model(), self.data.splits["test"], self.data.task, self.data.classes,
-                                  self.cfg["eval_batch_size"], self.device, self.cfg["amp"], tta=self.cfg["tta"])
-            self.curve.append(dict(epoch=len(self.curve) + 1, val_loss=val["loss"], val_acc=val["accuracy"],
-                                   val_auc=val["auc"], test_acc=test["medmnist"]["acc"],
-                                   test_auc=test["medmnist"]["auc"]))
-            print("curve " + json.dumps(self.curve[-1]), flush=True)
-            return val
+    from medmamba.run_dir import RunDir
+    from medmamba.train import train
 
     cfg = load_config(recipe, [f"data.root={data_root}", *overrides])
-    trainer = CurveTrainer(cfg, output, overwrite=True)
-    trainer.curve = []
-    trainer.fit()
-    (Path(output) / CURVES).write_text(json.dumps(dict(recipe=recipe, overrides=overrides, curve=trainer.curve,
-                                                       best_epoch=trainer.state.best_epoch), indent=1))
+    result = train(cfg, output, overwrite=True, test_split=None)
+    rows = [json.loads(line) for line in RunDir(output).metrics_jsonl.read_text().splitlines()]
+    curve = [dict(epoch=r["epoch"], train_loss=r["train_loss"], val_loss=r["val_loss"], val_acc=r["val_acc"],
+                  val_auc=r["val_auc"]) for r in rows]
+    (Path(output) / CURVES).write_text(json.dumps(dict(recipe=recipe, overrides=overrides, curve=curve,
+                                                       best_epoch=result["trainer"].state.best_epoch), indent=1))
 
 
 def plot(runs: list[str], labels: list[str] | None, output: str):
@@ -50,15 +40,14 @@ def plot(runs: list[str], labels: list[str] | None, output: str):
         color = f"C{i}"
         axes[0].plot(epochs, [r["val_loss"] for r in data["curve"]], color=color, label=label)
         axes[1].plot(epochs, [r["val_auc"] for r in data["curve"]], color=color, label=label)
-        axes[2].plot(epochs, [r["test_auc"] for r in data["curve"]], color=color, label=label)
+        axes[2].plot(epochs, [r["train_loss"] for r in data["curve"]], color=color, label=label)
         best = data["best_epoch"]
-        axes[2].plot([best], [data["curve"][best - 1]["test_auc"]], "o", color=color)
-    for ax, title in zip(axes, ("validation loss", "validation AUC", "test AUC (dot: the checkpoint kept)")):
+        axes[1].plot([best], [data["curve"][best - 1]["val_auc"]], "o", color=color)
+    for ax, title in zip(axes, ("validation loss", "validation AUC (dot: the checkpoint kept)", "training loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[1].set_ylim(0.6, 1.0)
-    axes[2].set_ylim(0.6, 1.0)
     axes[2].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(output, dpi=110)
@@ -68,7 +57,7 @@ def plot(runs: list[str], labels: list[str] | None, output: str):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="train a recipe, recording validation and test metrics each epoch")
+    p = sub.add_parser("run", help="train a recipe, recording validation metrics each epoch")
     p.add_argument("recipe")
     p.add_argument("output")
     p.add_argument("--data-root", required=True)

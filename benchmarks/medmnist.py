@@ -30,6 +30,7 @@ TARGETS = {"breastmnist": (0.87, 0.91), "pneumoniamnist": (0.90, 0.97)}
 def run_recipe(name: str, seed: int, out: Path, args, extra=()) -> dict:
     """Train one seed of a recipe, evaluate its best checkpoint on the test split (with and without TTA)."""
     from medmamba.config import load_config
+    from medmamba.data.builder import build_data
     from medmamba.prediction import evaluate
     from medmamba.train import train
     recipe = REPO / RECIPES[name]
@@ -44,7 +45,8 @@ def run_recipe(name: str, seed: int, out: Path, args, extra=()) -> dict:
                recipe=str(recipe.relative_to(REPO)), overrides=list(extra) + args.set, seed=seed, tta=cfg["tta"],
                output=str(out))
     if cfg["tta"]:  # the same best checkpoint without test-time augmentation, for comparison
-        plain, _, _ = evaluate(trainer.eval_model(), trainer.data.splits["test"], trainer.data.task,
+        test = build_data(cfg, splits=("test",)).splits["test"]
+        plain, _, _ = evaluate(trainer.best_model(), test, trainer.data.task,
                                trainer.data.classes, cfg["eval_batch_size"], trainer.device, cfg["amp"])
         row.update(acc_no_tta=plain["medmnist"]["acc"], auc_no_tta=plain["medmnist"]["auc"])
     (out / "benchmark.json").write_text(json.dumps(row, indent=1))

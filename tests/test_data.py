@@ -179,7 +179,7 @@ def test_csv_manifest(tmp_path):
     rows = "path,label,split\n" + "\n".join(f"img/{i}.png,{'cat' if i % 2 else 'dog'},{['train', 'val', 'test'][i % 3]}"
                                              for i in range(6))
     (tmp_path / "m.csv").write_text(rows)
-    splits, classes = csv_manifest_splits(tmp_path / "m.csv")
+    splits, classes, _ = csv_manifest_splits(tmp_path / "m.csv")
     assert classes == ["cat", "dog"] and {k: len(v) for k, v in splits.items()} == {"train": 2, "val": 2, "test": 2}
     (tmp_path / "bad.csv").write_text("file,y\na.png,1\n")
     with pytest.raises(DataError, match="path,label"):
@@ -196,7 +196,7 @@ def test_pooled_manifest_script(tmp_path):
     args = ["breastmnist", "pneumoniamnist", "--no-test", "breastmnist", "--data-root", str(MEDMNIST),
             "--output", str(out)]
     subprocess.run([*script, *args], env=env, check=True, capture_output=True)
-    splits, classes = csv_manifest_splits(out / "manifest.csv")
+    splits, classes, _ = csv_manifest_splits(out / "manifest.csv")
     assert classes == ["breastmnist:malignant", "breastmnist:normal, benign", "pneumoniamnist:normal",
                        "pneumoniamnist:pneumonia"]
     breast = {s: MedMNIST("breastmnist", s, MEDMNIST) for s in ("train", "val")}

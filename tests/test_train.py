@@ -158,7 +158,12 @@ def test_options_ema_weights_sgd_schedule_and_early_stopping(tmp_path):
     assert summary["epochs"] in (summary["best_epoch"] + 1, 6)
     counts = torch.bincount(torch.as_tensor(trainer.data.splits["train"].labels), minlength=2).float()
     torch.testing.assert_close(trainer.class_weights, 40 / (2 * counts))
-    assert trainer.eval_model() is trainer.ema.module
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["weights"] in ("ema", "raw") and {"val_loss_ema", "val_loss_raw"} <= set(r) for r in rows)
+    best = rows[summary["best_epoch"] - 1]
+    assert best["val_loss"] == min(best["val_loss_ema"], best["val_loss_raw"])  # the better of the two is kept
+    assert json.loads((tmp_path / "run" / "checkpoints" / "best" / "model.json").read_text())["weights"] == \
+        best["weights"]
     ema, live = trainer.ema.module.state_dict(), trainer.model.state_dict()
     assert not torch.equal(ema["head.weight"], live["head.weight"])
     assert isinstance(trainer.optimizer, torch.optim.SGD)
@@ -333,3 +338,104 @@ def test_multilabel_chestmnist_layout_trains_with_bce(tmp_path):
     m = result["test"]
     assert m["task"].startswith("multi-label") and len(m["per_class"]) == 14 and m["confusion_matrix"] is None
     assert 0.0 <= m["medmnist"]["acc"] <= 1.0 and 0.0 <= m["auc"] <= 1.0
+
+
+def test_test_split_never_reaches_model_selection(tmp_path, monkeypatch):
+    """The checkpoint, its temperature and its threshold must not depend on the test split at all: two runs
+    whose test images and labels differ completely keep identical weights and model cards. The test split
+    is also built only after calibration has finished."""
+    import medmamba.data.builder as builder
+    from medmamba.train import Trainer
+    arrays = dict(np.load(SHARED / "medmnist" / "breastmnist.npz"))
+    rng = np.random.default_rng(0)
+    arrays["test_images"] = rng.integers(0, 255, arrays["test_images"].shape, dtype=np.uint8)
+    arrays["test_labels"] = 1 - arrays["test_labels"]
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "breastmnist.npz", **arrays)
+    events = []
+    real_init, real_calibrate = builder.MedMNIST.__init__, Trainer.calibrate
+
+    def init(self, name, split="train", *args, **kwargs):
+        events.append(split)
+        real_init(self, name, split, *args, **kwargs)
+
+    def calibrate(self, model):
+        card = real_calibrate(self, model)
+        events.append("calibrated")
+        return card
+    monkeypatch.setattr(builder.MedMNIST, "__init__", init)
+    monkeypatch.setattr(Trainer, "calibrate", calibrate)
+    runs = {}
+    for name, root in (("real", SHARED / "medmnist"), ("other", tmp_path / "data")):
+        events.clear()
+        result = train(tiny_cfg(f"data.root={root}", "ema=0.9", "sensitivity=0.9", "bootstrap=0"),
+                       tmp_path / name, progress=False)
+        assert "test" not in result["trainer"].data.splits
+        assert events.index("calibrated") < events.index("test") and events.count("test") == 1
+        runs[name] = result
+    cards = [json.loads((tmp_path / n / "checkpoints" / "best" / "model.json").read_text()) for n in runs]
+    assert cards[0] == {**cards[1], "dataset": cards[0]["dataset"]} and cards[0]["threshold"] is not None
+    weights = [load_file(str(tmp_path / n / "checkpoints" / "best" / "model.safetensors")) for n in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert runs["real"]["test"]["accuracy"] != runs["other"]["test"]["accuracy"]  # the test sets did differ
+
+
+def test_ema_warmup_does_not_collapse_where_the_raw_weights_do_not(tmp_path):
+    """180 optimiser steps at decay 0.99 on real images: without warm-up the EMA still holds 0.99^180 = 16%
+    of the random initial weights; with it, the EMA follows the trained weights and predicts both classes."""
+    from medmamba.calibration import single_class_share
+    from medmamba.prediction import predict
+    result = train(tiny_cfg("data.max_samples=96", "batch_size=8", "epochs=15", "ema=0.99", "bootstrap=0",
+                            "optimizer.lr=3e-3"), tmp_path / "run", progress=False, test_split=None)
+    trainer = result["trainer"]
+    assert trainer.state.global_step == 180
+    shares = {}
+    for name, model in trainer.candidates().items():
+        _, probs = predict(model, trainer.data.splits["val"], 64)
+        shares[name] = single_class_share(probs, False)
+    assert shares["raw"] < 1.0 and shares["ema"] < 1.0, shares
+    # the EMA is close to the trained weights, not to an average still weighted towards the initialisation
+    ema, raw = trainer.ema.module.state_dict(), trainer.model.state_dict()
+    drift = sum(float((ema[k] - raw[k]).norm() ** 2) for k in raw if raw[k].is_floating_point()) ** 0.5
+    size = sum(float(raw[k].norm() ** 2) for k in raw if raw[k].is_floating_point()) ** 0.5
+    assert drift < 0.1 * size
+
+
+def test_collapse_warning_fires_on_a_constant_predictor(tmp_path):
+    def constant(trainer):
+        with torch.no_grad():  # every image gets class 0, whatever it shows
+            trainer.model.head.weight.zero_()
+            trainer.model.head.bias.copy_(torch.tensor([10.0, -10.0]))
+    result = train(tiny_cfg("epochs=1", "bootstrap=0"), tmp_path / "run", callbacks=[constant], progress=False)
+    warnings = result["assessment"]["warnings"]
+    assert any(w.startswith("one class for every validation image") for w in warnings)
+    assert any("predicts one class for every test image" in w for w in warnings)
+    assert "**Warning:** one class" in (tmp_path / "run" / "eval_test" / "report.md").read_text()
+
+
+def test_overfitting_warning_needs_rising_validation_and_falling_training_loss():
+    from types import SimpleNamespace
+
+    from medmamba.train import TrainState, Trainer
+    trainer = Trainer.__new__(Trainer)  # only the bookkeeping under test
+    trainer.data = SimpleNamespace(splits={"val": range(10)})
+    trainer.state = TrainState()
+    train_loss = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    flat_then_rising = [0.50, 0.50, 0.51, 0.52, 0.53, 0.54, 0.55]
+    for epoch, (t, v) in enumerate(zip(train_loss, flat_then_rising), 1):
+        trainer._watch(epoch, "raw", {"single_class_share": 0.6, "loss": v}, t)
+    assert [w for w in trainer.state.warnings if w.startswith("overfitting")] == [
+        "overfitting: validation loss rose in each of epochs 3-7 (0.5000 -> 0.5500) while training loss fell "
+        "(0.9000 -> 0.4000); consider fewer epochs, more augmentation or early_stopping"]
+    calm = Trainer.__new__(Trainer)
+    calm.data, calm.state = trainer.data, TrainState()
+    for epoch, (t, v) in enumerate(zip(train_loss, [0.5, 0.49, 0.5, 0.48, 0.49, 0.47, 0.48]), 1):
+        calm._watch(epoch, "raw", {"single_class_share": 0.6, "loss": v}, t)
+    assert calm.state.warnings == []
+
+
+def test_numbers_in_overrides_and_files_read_as_people_write_them(tmp_path):
+    (tmp_path / "c.yaml").write_text("optimizer: {lr: 3e-4, weight_decay: 1e-2}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["schedule.min_lr_ratio=1e-3"])
+    assert cfg["optimizer"]["lr"] == 3e-4 and cfg["optimizer"]["weight_decay"] == 0.01
+    assert cfg["schedule"]["min_lr_ratio"] == 1e-3  # YAML 1.1 would have read these as strings

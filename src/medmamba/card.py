@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import CheckpointError
+from .errors import CheckpointError, MedMambaError
 
 MULTI_LABEL = "multi-label"
 
@@ -20,6 +20,16 @@ MULTI_LABEL = "multi-label"
 def is_multi_label(task: str) -> bool:
     """MedMNIST's task names: "multi-label, binary-class" is multi-label; every other task is one class per image."""
     return str(task).startswith(MULTI_LABEL)
+
+
+def class_index(value, classes) -> int:
+    """A class given by name or by index -> its index among ``classes``."""
+    names = [str(c) for c in classes]
+    if str(value) in names:
+        return names.index(str(value))
+    if str(value).isdigit() and int(value) < len(names):
+        return int(value)
+    raise MedMambaError(f"{value!r} is neither a class name nor an index; classes: {', '.join(names)}")
 
 
 @dataclass
@@ -39,7 +49,9 @@ class ModelCard:
     monitor: Optional[str] = None
     value: Optional[float] = None
     temperature: Optional[float] = None         # fitted on the validation split; divides the logits
-    threshold: Optional[float] = None           # binary tasks: positive when p(class 1) >= threshold
+    threshold: Optional[float] = None           # binary tasks: positive_class when its probability >= threshold
+    positive_class: Optional[int] = None        # the class index the threshold is on
+    weights: Optional[str] = None               # "ema" or "raw": which weights validated better
     extra: dict = field(default_factory=dict)   # keys this version does not know, kept when rewritten
 
     @property

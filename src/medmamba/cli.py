@@ -62,7 +62,7 @@ def _config(args) -> int:
 
 def _train(args) -> int:
     from .config import load_config
-    from .reports import PUBLISHED, metrics_table, published_table
+    from .reports import PUBLISHED, published_table, summary_text
     from .train import train
     overrides = list(args.overrides)
     if args.data_root:
@@ -77,8 +77,8 @@ def _train(args) -> int:
     if test is not None and dist_utils.is_main():
         name = trainer.data.name
         print(f"\nTest split of {name}, best checkpoint (epoch {trainer.state.best_epoch}, "
-              f"val {trainer.cfg['monitor']} {trainer.state.best:.4f}):\n")
-        print(metrics_table(test))
+              f"{trainer.state.best_weights} weights, val {trainer.cfg['monitor']} {trainer.state.best:.4f}):\n")
+        print(summary_text(result["assessment"]))
         if name in PUBLISHED:
             print("\nBeside the published results (MedMNIST's ACC/AUC rules):\n")
             print(published_table(name, test, f"{trainer.cfg['model']} (this run)"))
@@ -87,16 +87,35 @@ def _train(args) -> int:
     return 0
 
 
+def _runs_and_overrides(items):
+    """One positional list: runs, then config overrides (key=value) for the data, e.g. data.root=... tta=true."""
+    runs = [Path(r) for r in items if "=" not in r or Path(r).exists()]
+    return runs, [r for r in items if "=" in r and not Path(r).exists()]
+
+
+def _cv(args) -> int:
+    from .config import load_config
+    from .cv import cross_validate, cv_table
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    result = cross_validate(load_config(args.config, overrides), args.output, overwrite=args.overwrite)
+    print("\n" + cv_table(result))
+    print(f"\nreport: {Path(args.output) / 'cv.md'}")
+    return 0
+
+
 def _evaluate(args) -> int:
+    from .card import read_card
     from .errors import MedMambaError
-    from .reports import metrics_table, write_report
-    from .runs import evaluate_runs
-    # One positional list: runs, then config overrides (key=value) for the data, e.g. data.root=... tta=true
-    runs = [Path(r) for r in args.run if "=" not in r or Path(r).exists()]
-    overrides = [r for r in args.run if "=" in r and not Path(r).exists()]
+    from .reports import assess, summary_text, write_report
+    from .runs import run_outputs
+    runs, overrides = _runs_and_overrides(args.run)
     named = args.checkpoint in ("best", "last")
     if len(runs) > 1 and not named:
         raise MedMambaError("--checkpoint with a weights file takes one run; an ensemble uses best or last of each")
+    if args.sensitivity is not None and not 0 < args.sensitivity <= 1:
+        raise MedMambaError(f"--sensitivity {args.sensitivity}: a target sensitivity is in (0, 1]")
+    if args.split == "val" and args.sensitivity is not None:
+        raise MedMambaError("--sensitivity chooses its threshold on the validation split; evaluate on test (or train)")
     if args.output:
         out = Path(args.output)
     elif len(runs) > 1:
@@ -106,15 +125,61 @@ def _evaluate(args) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise MedMambaError(f"{out} exists; pass --overwrite to replace that report or --output for another folder")
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
-    metrics, labels, probs, data, used = evaluate_runs(runs, args.split, args.checkpoint, overrides, progress=True)
+    result = run_outputs(runs, args.split, args.checkpoint, overrides, progress=True)
+    data, used = result.data, result.used
+    threshold, positive = _operating_point(args, runs, overrides, data, read_card(used[0][1]) if len(runs) == 1 else None)
+    temperatures = [getattr(read_card(w), "temperature", None) for _, w in used]
+    report = assess(result.labels, result.probs, data.task, data.classes, uncalibrated=result.plain,
+                    temperature=temperatures[0] if len(runs) == 1 else None, threshold=threshold, positive=positive,
+                    n_resamples=args.bootstrap, seed=args.seed)
     cfg = used[0][0]
     what = cfg["model"] if len(runs) == 1 else f"ensemble of {len(runs)} runs"
     extra = {"split": args.split, "checkpoint": [str(w) for _, w in used] if len(runs) > 1 else str(used[0][1]),
-             "tta": [c["tta"] for c, _ in used] if len(runs) > 1 else cfg["tta"]}
-    paths = write_report(out, metrics, labels, probs, data.classes, f"{what} on {data.name} ({args.split})",
-                         data.name, extra=extra)
-    print(metrics_table(metrics))
+             "tta": [c["tta"] for c, _ in used] if len(runs) > 1 else cfg["tta"], "temperatures": temperatures}
+    paths = write_report(out, report, result.labels, result.probs, data.classes,
+                         f"{what} on {data.name} ({args.split})", data.name, extra=extra)
+    print(summary_text(report))
     print(f"\nreport: {paths['md']}")
+    return 0
+
+
+def _operating_point(args, runs, overrides, data, card):
+    """(threshold, positive class) for a binary report: chosen now on the validation split when --sensitivity
+    is given, else the run's own from its model card, else none."""
+    from .calibration import threshold_for_sensitivity
+    from .card import class_index
+    from .errors import MedMambaError
+    from .runs import run_outputs
+    if args.sensitivity is None:
+        if card is not None and card.threshold is not None:
+            return card.threshold, card.positive_class if card.positive_class is not None else 1
+        return None, 1
+    if data.task != "binary-class":
+        raise MedMambaError(f"--sensitivity needs a binary task, not {data.task}")
+    positive = 1 if args.positive_class is None else class_index(args.positive_class, data.classes)
+    val = run_outputs(runs, "val", args.checkpoint, overrides)
+    return threshold_for_sensitivity(val.labels, val.probs, args.sensitivity, positive), positive
+
+
+def _compare(args) -> int:
+    import numpy as np
+
+    from .errors import MedMambaError
+    from .reports import compare_outputs, comparison_text
+    from .runs import run_outputs
+    a, b = ([Path(p) for p in group.split(",") if p] for group in (args.a, args.b))
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise MedMambaError(f"{out} exists; pass --overwrite or choose another --output")
+    overrides = [f"data.root={args.data_root}"] if args.data_root else []
+    first, second = (run_outputs(runs, args.split, overrides=overrides, progress=True) for runs in (a, b))
+    if not np.array_equal(first.labels, second.labels) or list(first.data.classes) != list(second.data.classes):
+        raise MedMambaError(f"{args.a} and {args.b} were not evaluated on the same {args.split} images and classes")
+    result = compare_outputs(first, second, names=(args.a, args.b), n_resamples=args.bootstrap, seed=args.seed)
+    print(comparison_text(result))
+    if out is not None:
+        from .reports import write_comparison
+        print(f"\nreport: {write_comparison(out, result)['md']}")
     return 0
 
 
@@ -180,7 +245,8 @@ def _export(args) -> int:
     print(f"exporting {card.model} at {img_size}x{img_size} px to ONNX (opset {args.opset}); "
           "this takes a minute or more", flush=True)
     path, check = export_onnx(predictor.model, args.output, img_size, opset=args.opset, overwrite=args.overwrite,
-                              check_images=images, metadata=metadata)
+                              check_images=images, metadata=metadata,
+                              in_chans=predictor.channels)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input 'image' (batch, {predictor.channels}, "
           f"{img_size}, {img_size}), output 'logits'; dynamic batch")
     print(f"onnxruntime vs PyTorch: max abs difference {check.max_abs_diff:.3g} on {check.inputs} "
@@ -220,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="config overrides, e.g. optimizer.lr=3e-4 epochs=10")
     train.set_defaults(func=_train)
 
+    cv = sub.add_parser("cv", help="k-fold cross-validation over train+val (data.folds=K): mean +- sd per metric")
+    cv.add_argument("--config", help="YAML config (every key: `medmamba config`)")
+    cv.add_argument("--output", required=True, help="folder for fold0..fold<K-1>, cv.md and cv.json")
+    cv.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    cv.add_argument("--overwrite", action="store_true")
+    cv.add_argument("overrides", nargs="*", help="config overrides, e.g. data.folds=5 epochs=10")
+    cv.set_defaults(func=_cv)
+
     ev = sub.add_parser("evaluate", help="metrics, report and plots of a trained run (or an ensemble) on a split")
     ev.add_argument("run", nargs="+", metavar="RUN",
                     help="training output folder(s), several: their probabilities averaged; then config "
@@ -229,7 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="report folder (default: RUN/eval_<split>_<checkpoint>)")
     ev.add_argument("--overwrite", action="store_true")
     ev.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    ev.add_argument("--sensitivity", type=float, help="binary tasks: report the operating point whose threshold, "
+                    "chosen on the validation split, reaches this sensitivity (e.g. 0.9)")
+    ev.add_argument("--positive-class", help="the class that --sensitivity is about (name or index; default: 1)")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     ev.set_defaults(func=_evaluate)
+
+    cmp = sub.add_parser("compare", help="paired difference of two runs (or ensembles) on the same test images")
+    cmp.add_argument("a", metavar="RUN_A", help="a training run folder, or several joined by commas (an ensemble)")
+    cmp.add_argument("b", metavar="RUN_B", help="the run (or comma-joined ensemble) to compare against")
+    cmp.add_argument("--split", default="test", choices=["val", "test"])
+    cmp.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--output", help="folder for compare.md and compare.json")
+    cmp.add_argument("--overwrite", action="store_true")
+    cmp.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    cmp.set_defaults(func=_compare)
     def add_model_options(p):
         p.add_argument("checkpoint", help="weights with model.json beside them, a checkpoint folder, or a training run")
         p.add_argument("--backend", default="auto", help="selective-scan backend (see `medmamba info`)")

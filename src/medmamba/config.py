@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -12,6 +13,22 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from .errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: PyYAML follows YAML 1.1, where 3e-4 (no dot) is a string, not a float."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass(frozen=True)
@@ -111,7 +128,14 @@ SCHEMA: dict[str, Any] = {
         "mean": number(0.5, "normalisation: (x - mean) / std, x in [0, 1], the same for every channel"),
         "std": number(0.5, "normalisation std", 0, lo_open=True),
         "num_workers": integer(0, "data-loading processes", lo=0),
-        "split_seed": integer(0, "seed of the automatic train/val/test split", lo=0),
+        "split_seed": integer(0, "seed of the automatic train/val/test split and of the folds", lo=0),
+        "fractions": Key([0.7, 0.1, 0.2], "train/val/test fractions of an automatic split (a folder of classes, or a "
+                         "CSV without a split column)", "three numbers >= 0 adding up to 1, train and val > 0",
+                         lambda v: numbers(None, "", length=3, lo=0, hi=1).check(v) and abs(sum(v) - 1) < 1e-6
+                         and v[0] > 0 and v[1] > 0),
+        "folds": integer(None, "k-fold cross-validation over train+val (the test split stays out); `medmamba cv` "
+                               "runs every fold", lo=2, optional=True),
+        "fold": integer(0, "which fold is validation when data.folds is set (0..folds-1)", lo=0),
         "max_samples": integer(None, "first N samples of each split: quick checks only", optional=True),
     },
     "augment": {
@@ -149,12 +173,22 @@ SCHEMA: dict[str, Any] = {
     "class_weights": Key(None, "null, balanced (inverse class frequency) or one weight per class",
                          "null, balanced, or a list of positive numbers",
                          lambda v: v is None or v == "balanced" or numbers(None, "", lo=0, lo_open=True).check(v)),
-    "ema": number(None, "EMA decay, e.g. 0.999; the EMA weights are evaluated and kept as best", 0, 1, lo_open=True,
-                  hi_open=True, optional=True),
+    "ema": number(None, "EMA decay, e.g. 0.999; at each validation the EMA and the raw weights are both evaluated "
+                        "and the better kept", 0, 1, lo_open=True, hi_open=True, optional=True),
+    "ema_warmup": boolean(True, "warm the EMA decay up from 0 (timm's ModelEmaV3), so that early averages are not "
+                                "mostly the random initialisation"),
     "early_stopping": integer(None, "patience in epochs", optional=True),
     "tta": boolean(False, "validation/test/evaluate/predict: average each image with its horizontal mirror"),
     "monitor": choice("auc", "validation metric choosing the best checkpoint",
                       ("auc", "accuracy", "f1", "loss", "precision", "sensitivity", "specificity")),
+    "calibrate": boolean(True, "fit a temperature on the validation split after training; evaluate, predict and "
+                               "export apply it"),
+    "sensitivity": number(None, "binary tasks: the threshold reaching this sensitivity for positive_class, chosen on "
+                                "validation and reported on test", 0, 1, lo_open=True, optional=True),
+    "positive_class": Key(None, "the class whose sensitivity is targeted (name or index); null: the second class",
+                          "null, a class name or a class index", lambda v: v is None or isinstance(v, (str, int))
+                          and not isinstance(v, bool)),
+    "bootstrap": integer(1000, "stratified bootstrap resamples of the test images for 95% intervals; 0: none", lo=0),
     "seed": integer(0, "random seed of initialisation, shuffling and augmentation", lo=0),
     "save_every_steps": integer(None, "also checkpoint mid-epoch every N optimiser steps", optional=True),
     "threads": integer(None, "torch CPU threads; null: torch's default", optional=True),
@@ -211,7 +245,7 @@ def parse_overrides(items: Iterable[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} was given a value and sub-keys")
         try:
-            node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+            node[leaf] = read_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: not a YAML value ({str(e).splitlines()[0]})") from None
     return tree
@@ -222,7 +256,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     cfg = copy.deepcopy(DEFAULTS)
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = read_yaml(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read config {path}: {e}") from None
         if not isinstance(data, dict):

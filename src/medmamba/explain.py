@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .card import class_index
 from .errors import MedMambaError
 from .files import atomic_path, atomic_write_text
 from .prediction import class_probabilities
@@ -41,26 +42,23 @@ class ActivationMap:
 
 
 def class_activation_map(model: torch.nn.Module, images: torch.Tensor, target: Optional[int | Sequence[int]] = None,
-                         stage: int = -1, method: str = "hirescam", multi_label: bool = False) -> ActivationMap:
+                         stage: int = -1, method: str = "hirescam", multi_label: bool = False,
+                         temperature: Optional[float] = None) -> ActivationMap:
     """Maps of ``images`` (batch, channels, H, W) for class ``target`` (default: each image's predicted
     class) from stage ``stage`` (default: the last) by ``method`` ("hirescam" or "gradcam"). The model is
     left as it was (no hooks, no parameter gradients)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
-    n = len(model.layers)
+    n = num_stages(model)
     if not -n <= stage < n:
         raise ValueError(f"stage {stage} does not exist; the model has stages 0..{n - 1}")
     captured = {}
-
-    def keep(_module, inputs):
-        captured["map"] = inputs[0]
-
-    hook = model.layers[stage].blocks[-1].register_forward_pre_hook(keep)
+    hook = _capture_stage_map(model, stage, captured)
     try:
         with torch.enable_grad():
             # A graph through the input too, so frozen weights (requires_grad False) still give gradients.
             logits = model(images.detach().requires_grad_(True)).float()
-            probs = class_probabilities(logits, multi_label)
+            probs = class_probabilities(logits, multi_label, temperature)
             if target is None:
                 targets = logits.argmax(-1)
             else:
@@ -68,8 +66,14 @@ def class_activation_map(model: torch.nn.Module, images: torch.Tensor, target: O
                 if (targets < 0).any() or (targets >= logits.shape[1]).any():
                     raise ValueError(f"target class {target} is not among the model's {logits.shape[1]} classes")
             score = logits.gather(1, targets[:, None]).sum()
-            activation = captured["map"]                                   # (batch, h, w, C), channels last
+            activation = captured["map"]
+            if activation.dim() != 4:
+                raise MedMambaError(f"{type(model).__name__}'s stage {stage} gives {tuple(activation.shape)}, not a "
+                                    f"spatial feature map: class activation maps need a convolutional or "
+                                    f"MedMamba stage")
             gradient, = torch.autograd.grad(score, activation)
+            if captured["layout"] == "NCHW":                               # the maths below is channels-last
+                activation, gradient = activation.permute(0, 2, 3, 1), gradient.permute(0, 2, 3, 1)
     finally:
         hook.remove()
     if method == "gradcam":
@@ -78,6 +82,29 @@ def class_activation_map(model: torch.nn.Module, images: torch.Tensor, target: O
     cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
     return ActivationMap(maps=cam / peak, targets=targets.detach(), probabilities=probs.detach())
+
+
+def num_stages(model: torch.nn.Module) -> int:
+    """Stages a map can be taken from: MedMamba's four, or the entries of a timm model's ``feature_info``."""
+    from .models import MedMamba
+    return len(model.layers) if isinstance(model, MedMamba) else len(model.feature_info)
+
+
+def _capture_stage_map(model, stage: int, captured: dict):
+    """Hook that stores the feature map of ``stage`` in ``captured["map"]`` (and its layout). For MedMamba,
+    the map the stage's last block reads (channels last): the last block's output feeds only the average
+    pool, so its gradient is the same at every pixel. For a timm model, the output of the module its
+    ``feature_info`` names for that stage (NCHW for convolutional networks)."""
+    from .models import MedMamba
+    if isinstance(model, MedMamba):
+        def keep_input(_module, inputs):
+            captured["map"], captured["layout"] = inputs[0], "NHWC"
+        return model.layers[stage].blocks[-1].register_forward_pre_hook(keep_input)
+    name = model.feature_info[stage]["module"]
+
+    def keep_output(_module, _inputs, output):
+        captured["map"], captured["layout"] = output, "NCHW"
+    return model.get_submodule(name).register_forward_hook(keep_output)
 
 
 def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.45,
@@ -122,24 +149,13 @@ class ExplainResult:
         return out.getvalue()
 
 
-def resolve_target(target: Optional[str | int], classes: Sequence[str]) -> Optional[int]:
-    """A class given by name or index -> its index; None stays None (each image's prediction)."""
-    if target is None:
-        return None
-    if str(target) in classes:
-        return list(classes).index(str(target))
-    if str(target).isdigit() and int(target) < len(classes):
-        return int(target)
-    raise MedMambaError(f"target {target!r} is neither a class name nor an index; classes: {', '.join(classes)}")
-
-
 def explain_files(predictor, inputs, output: str | os.PathLike, target: Optional[str | int] = None, stage: int = -1,
                   method: str = "hirescam", overwrite: bool = False, progress: bool = False) -> ExplainResult:
     """For every image ``inputs`` names (files, folders, globs): its map overlaid as ``<name>_<method>.png``
     in ``output``, and ``maps.csv`` listing them. Unreadable images are skipped and listed in ``failures``."""
     from .inference import failure_reason, require_inputs
-    k = resolve_target(target, predictor.classes)
-    n_stages = len(predictor.model.layers)
+    k = None if target is None else class_index(target, predictor.classes)
+    n_stages = num_stages(predictor.model)
     if not -n_stages <= stage < n_stages:
         raise MedMambaError(f"stage {stage}: the model has stages 0..{n_stages - 1} (or -1 for the last)")
     if method not in METHODS:
@@ -160,7 +176,8 @@ def explain_files(predictor, inputs, output: str | os.PathLike, target: Optional
             failures.append((path, failure_reason(e, path)))
             continue
         cam = class_activation_map(predictor.model, x[None].to(predictor.device), target=k, stage=stage,
-                                   method=method, multi_label=predictor.multi_label)
+                                   method=method, multi_label=predictor.multi_label,
+                                   temperature=predictor.card.temperature)
         name = Path(path).stem
         while name in used:  # same file name in two folders
             name += "_"

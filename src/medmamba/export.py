@@ -21,6 +21,7 @@ import torch
 
 from .errors import MedMambaError
 from .files import atomic_path
+from .models import MedMamba
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
 
@@ -41,8 +42,9 @@ def _require(module: str, extra: str = "onnx"):
 
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, img_size: int | Sequence[int],
                 opset: int = 18, overwrite: bool = False, check_images: Optional[torch.Tensor] = None,
-                tolerance: float = 1e-4, metadata: Optional[dict] = None) -> tuple[Path, OnnxCheck]:
-    """Write ``model`` (any MedMamba) as ONNX: input ``image`` (batch, channels, H, W), output ``logits``.
+                tolerance: float = 1e-4, metadata: Optional[dict] = None,
+                in_chans: Optional[int] = None) -> tuple[Path, OnnxCheck]:
+    """Write ``model`` (any MedMamba, or a timm model) as ONNX: input ``image`` (batch, channels, H, W), output ``logits``.
 
     Before the file is moved into place, onnxruntime runs it beside PyTorch (``check_onnx``: random inputs
     at two batch sizes, plus ``check_images`` when given); a difference above ``tolerance`` raises and
@@ -55,8 +57,9 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, img_size: int |
         raise MedMambaError(f"{path} exists; pass --overwrite to replace it")
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     exportable = copy.deepcopy(model).cpu().float().eval()
-    exportable.set_scan_backend("chunked")
-    example = torch.zeros(2, exportable.in_chans, height, width)
+    if isinstance(exportable, MedMamba):
+        exportable.set_scan_backend("chunked")
+    example = torch.zeros(2, in_chans or exportable.in_chans, height, width)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):

@@ -1,15 +1,21 @@
 """The MedMamba paper's metrics and MedMNIST's ACC/AUC rules, from labels and predicted probabilities.
 
 Per class c (one-vs-rest): precision TP/(TP+FP), sensitivity TP/(TP+FN), specificity TN/(TN+FP),
-F1 = 2PR/(P+R) (0 where undefined); their macro averages over classes; overall accuracy; AUC.
-Multi-label tasks treat each label as its own binary problem at threshold 0.5.
+F1 = 2PR/(P+R) (0 where undefined); their macro averages over classes; overall accuracy; AUC; balanced
+accuracy (the macro sensitivity); average precision (PR-AUC, of the positive class for binary tasks, else
+the macro one-vs-rest mean). Multi-label tasks treat each label as its own binary problem at threshold 0.5.
+A binary ``threshold`` predicts class 1 when its probability reaches it instead of taking the argmax.
 """
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from .card import is_multi_label
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
 
 
 def _safe_div(num, den):
@@ -41,8 +47,14 @@ def _auc(y_true_binary: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y_true_binary, score))
 
 
+def _average_precision(y_true_binary: np.ndarray, score: np.ndarray) -> float:
+    if y_true_binary.min() == y_true_binary.max():
+        return float("nan")
+    return float(average_precision_score(y_true_binary, score))
+
+
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "multi-class",
-                           class_names=None, threshold: float = 0.5) -> dict:
+                           class_names=None, threshold: float = 0.5, decision_threshold: float | None = None) -> dict:
     """Metrics of the MedMamba paper's table and MedMNIST's Evaluator.
 
     y_true: (N,) class indices, or (N, K) 0/1 for multi-label. probs: (N, K) softmax (or sigmoid) outputs.
@@ -57,6 +69,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
                   for c in range(k)]
         tp, fp, fn, tn = (np.array([cnt[i][1] for cnt in counts]) for i in range(4))  # the positive class
         aucs = np.array([_auc(y_true[:, c], probs[:, c]) for c in range(k)])
+        aps = np.array([_average_precision(y_true[:, c], probs[:, c]) for c in range(k)])
         acc_per_label = (pred == y_true).mean(0)
         accuracy = float(acc_per_label.mean())  # MedMNIST: mean over labels of per-label accuracy
         cm = None
@@ -64,11 +77,13 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
         macro_auc = medmnist_auc
     else:
         y_true = y_true.reshape(n).astype(int)
-        pred = probs.argmax(1)
+        pred = (probs[:, 1] >= decision_threshold).astype(int) if decision_threshold is not None and k == 2 \
+            else probs.argmax(1)
         cm = confusion_matrix(y_true, pred, labels=list(range(k)))
         tp, fp, fn, tn = per_class_counts(cm)
         accuracy = float((pred == y_true).mean())
         aucs = np.array([_auc((y_true == c).astype(int), probs[:, c]) for c in range(k)])
+        aps = np.array([_average_precision((y_true == c).astype(int), probs[:, c]) for c in range(k)])
         if k == 2:
             # binary: AUC of the positive-class score (MedMNIST and the paper alike)
             macro_auc = medmnist_auc = float(aucs[1])
@@ -85,6 +100,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
         accuracy=accuracy,
         precision=float(precision.mean()), sensitivity=float(sensitivity.mean()),
         specificity=float(specificity.mean()), f1=float(f1.mean()), auc=macro_auc,
+        balanced_accuracy=float(sensitivity.mean()),
+        average_precision=float(aps[1]) if k == 2 and not is_multi_label(task) else _nanmean(aps),
         medmnist=dict(acc=accuracy, auc=medmnist_auc),
         per_class=per_class,
         confusion_matrix=cm.tolist() if cm is not None else None,

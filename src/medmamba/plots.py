@@ -53,3 +53,27 @@ def plot_roc(labels, probs, class_names, task, path, title=""):
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_reliability(calibration: dict, path, title=""):
+    """Reliability diagram: accuracy against confidence per bin, before and after the temperature."""
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    t = calibration["temperature"]
+    curves = [("before", calibration["reliability_before"], "C0")]
+    if t is not None:
+        curves.append((f"after (T = {t:.2f})", calibration["reliability_after"], "C1"))
+    for name, rel, color in curves:
+        conf = np.array(rel["confidence"], dtype=float)
+        acc = np.array(rel["accuracy"], dtype=float)
+        keep = ~np.isnan(conf)
+        ax.plot(conf[keep], acc[keep], "o-", color=color, ms=4, label=f"{name}: ECE {rel['ece']:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (15 bins)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nreliability", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

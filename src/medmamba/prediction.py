@@ -35,13 +35,20 @@ def model_probabilities(model, x: torch.Tensor, multi_label: bool, tta: bool = F
     return total / len(views)
 
 
-@torch.no_grad()
-def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[str] = None, multi_label=False,
-            num_workers: int = 0, progress: bool = False, tta: bool = False, temperature: Optional[float] = None):
-    """(labels, probabilities) over ``dataset``; sharded over ranks and gathered when distributed.
+def probabilities_from_logits(logits: torch.Tensor, multi_label: bool, temperature: Optional[float] = None):
+    """(views, images, classes) logits -> (images, classes) probabilities, averaged over the views exactly as
+    ``model_probabilities`` averages them."""
+    total = 0
+    for view in logits:
+        total = total + class_probabilities(view, multi_label, temperature)
+    return total / len(logits)
 
-    ``tta``: each image's probabilities averaged with those of its horizontal mirror (test-time
-    augmentation matching the training flips)."""
+
+@torch.no_grad()
+def predict_logits(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[str] = None,
+                   num_workers: int = 0, progress: bool = False, tta: bool = False):
+    """(labels, logits) over ``dataset``: logits as float32 (views, images, classes), the views being each
+    image and, with ``tta``, its horizontal mirror. Sharded over ranks and gathered when distributed."""
     model.eval()
     indices = dist_utils.shard_indices(len(dataset))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
@@ -49,14 +56,29 @@ def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[st
     if progress and dist_utils.is_main():
         from tqdm.auto import tqdm
         loader = tqdm(loader, desc="evaluating", leave=False)
-    labels, probs = [], []
+    labels, logits = [], []
     for x, y in loader:
         x = x.to(device, non_blocking=True)
-        probs.append(model_probabilities(model, x, multi_label, tta, device, amp, temperature).cpu())
+        views = (x, x.flip(-1)) if tta else (x,)
+        batch = []
+        for view in views:
+            with autocast(device, amp):
+                batch.append(model(view).float())
+        logits.append(torch.stack(batch, 1).cpu())      # (images, views, classes): gathered along images
         labels.append(y)
     labels = torch.cat(labels).numpy() if labels else np.zeros((0,))
-    probs = torch.cat(probs).numpy() if probs else np.zeros((0, 0))
-    return dist_utils.gather_in_order(indices, labels, probs, len(dataset))
+    logits = torch.cat(logits).numpy() if logits else np.zeros((0, len((1, 2) if tta else (1,)), 0))
+    labels, logits = dist_utils.gather_in_order(indices, labels, logits, len(dataset))
+    return labels, np.ascontiguousarray(logits.transpose(1, 0, 2))
+
+
+def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[str] = None, multi_label=False,
+            num_workers: int = 0, progress: bool = False, tta: bool = False, temperature: Optional[float] = None):
+    """(labels, probabilities) over ``dataset``; ``tta``: each image's probabilities averaged with those of
+    its horizontal mirror (test-time augmentation matching the training flips)."""
+    labels, logits = predict_logits(model, dataset, batch_size, device, amp, num_workers, progress, tta)
+    probs = probabilities_from_logits(torch.from_numpy(logits), multi_label, temperature).numpy()
+    return labels, probs
 
 
 def evaluate(model, dataset, task: str, class_names, batch_size=64, device="cpu", amp=None, progress=False,

@@ -34,16 +34,82 @@ def _fmt(v):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def metrics_table(m: dict) -> str:
-    rows = ["| metric | value |", "| --- | --- |"]
-    for key in ("accuracy", "auc", "precision", "sensitivity", "specificity", "f1"):
-        rows.append(f"| {key} | {_fmt(m[key])} |")
+def _interval(ci) -> str:
+    return "" if ci is None else f"{_fmt(ci[0])} - {_fmt(ci[1])}"
+
+
+def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature: Optional[float] = None,
+           threshold: Optional[float] = None, positive: int = 1, n_resamples: int = 1000, seed: int = 0,
+           warnings=()) -> dict:
+    """Everything a report says about predictions ``probs`` (calibrated when a temperature was fitted) on a
+    split: the paper's metrics, stratified-bootstrap 95% intervals, calibration before and after the
+    temperature (``uncalibrated``: the probabilities without it), the binary operating point at
+    ``threshold`` on the probability of class ``positive``, and warnings."""
+    from .calibration import calibration_metrics, operating_point, reliability
+    from .card import is_multi_label
+    from .metrics import classification_metrics
+    from .stats import bootstrap_intervals
+    multi_label = is_multi_label(task)
+    out = {"metrics": classification_metrics(labels, probs, task, class_names), "warnings": list(warnings)}
+    if n_resamples:
+        out["intervals"] = {"level": 0.95, "resamples": n_resamples, "seed": seed, "method": "stratified bootstrap",
+                            **bootstrap_intervals(labels, probs, task, n_resamples, seed)}
+    before = probs if uncalibrated is None else uncalibrated
+    out["calibration"] = {"temperature": temperature, "before": calibration_metrics(labels, before, multi_label),
+                          "after": calibration_metrics(labels, probs, multi_label),
+                          "reliability_before": reliability(labels, before, multi_label),
+                          "reliability_after": reliability(labels, probs, multi_label)}
+    if threshold is not None:
+        point = operating_point(labels, probs, threshold, positive)
+        point["positive_class"] = str(list(class_names)[positive])
+        if n_resamples:
+            def at_threshold(y, p):
+                return {k: v for k, v in operating_point(y, p, threshold, positive).items()
+                        if k in ("sensitivity", "specificity")}
+            point["intervals"] = bootstrap_intervals(labels, probs, task, n_resamples, seed, metric_fn=at_threshold)
+        out["operating_point"] = point
+    return out
+
+
+def metrics_table(m: dict, intervals: Optional[dict] = None) -> str:
+    intervals = intervals or {}
+    rows = ["| metric | value | 95% interval |", "| --- | --- | --- |"]
+    for key in ("accuracy", "balanced_accuracy", "auc", "average_precision", "precision", "sensitivity",
+                "specificity", "f1"):
+        rows.append(f"| {key} | {_fmt(m[key])} | {_interval(intervals.get(key))} |")
     rows += ["", "| class | precision | sensitivity | specificity | F1 | AUC | support |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in m["per_class"].items():
         rows.append(f"| {name} | {_fmt(c['precision'])} | {_fmt(c['sensitivity'])} | {_fmt(c['specificity'])} | "
                     f"{_fmt(c['f1'])} | {_fmt(c['auc'])} | {c['support']} |")
     return "\n".join(rows)
+
+
+def calibration_table(report: dict) -> str:
+    cal = report["calibration"]
+    t = cal["temperature"]
+    rows = [f"Temperature: {'none fitted' if t is None else f'{t:.4f} (fitted on the validation split)'}", "",
+            "| | ECE (15 bins) | Brier | NLL |", "| --- | --- | --- | --- |"]
+    for name in ("before", "after"):
+        c = cal[name]
+        rows.append(f"| {name} temperature | {_fmt(c['ece'])} | {_fmt(c['brier'])} | {_fmt(c['nll'])} |")
+    return "\n".join(rows)
+
+
+def operating_point_text(point: dict) -> str:
+    ci = point.get("intervals", {})
+    return (f"Threshold {point['threshold']:.4f} on p({point['positive_class']}), chosen on the validation split: "
+            f"sensitivity {_fmt(point['sensitivity'])} ({_interval(ci.get('sensitivity'))}), specificity "
+            f"{_fmt(point['specificity'])} ({_interval(ci.get('specificity'))})")
+
+
+def summary_text(report: dict) -> str:
+    """What the CLI prints after training or evaluation."""
+    parts = [metrics_table(report["metrics"], report.get("intervals")), "", calibration_table(report)]
+    if "operating_point" in report:
+        parts += ["", operating_point_text(report["operating_point"])]
+    parts += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(parts)
 
 
 def published_table(dataset_name: str, m: dict, ours_label: str = "this run") -> str:
@@ -54,24 +120,71 @@ def published_table(dataset_name: str, m: dict, ours_label: str = "this run") ->
     return "\n".join(rows)
 
 
-def write_report(out_dir: str | os.PathLike, m: dict, labels, probs, class_names, title: str,
+def write_report(out_dir: str | os.PathLike, report: dict, labels, probs, class_names, title: str,
                  dataset_name: str = "", extra: Optional[dict] = None) -> dict:
-    """report.json, report.md, confusion_matrix.png and roc.png in ``out_dir``; returns the paths."""
-    from .plots import plot_confusion_matrix, plot_roc
+    """report.json, report.md, confusion_matrix.png, roc.png and reliability.png in ``out_dir``; returns the paths.
+    ``report``: what ``assess`` returns."""
+    from .plots import plot_confusion_matrix, plot_reliability, plot_roc
+    m = report["metrics"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "md": out / "report.md", "roc": out / "roc.png"}
+    paths = {"json": out / "report.json", "md": out / "report.md", "roc": out / "roc.png",
+             "reliability": out / "reliability.png"}
     if m.get("confusion_matrix") is not None:
         paths["confusion_matrix"] = out / "confusion_matrix.png"
         plot_confusion_matrix(np.array(m["confusion_matrix"]), class_names, paths["confusion_matrix"], title)
     plot_roc(labels, probs, class_names, m["task"], paths["roc"], title)
-    payload = {"title": title, **(extra or {}), "metrics": m}
+    plot_reliability(report["calibration"], paths["reliability"], title)
+    payload = {"title": title, **(extra or {}), **report}
     atomic_write_text(paths["json"], json.dumps(payload, indent=1))
-    md = [f"# {title}", "", metrics_table(m), ""]
+    md = [f"# {title}", ""] + [f"**Warning:** {w}" for w in report["warnings"]] + [""]
+    md += [metrics_table(m, report.get("intervals")), ""]
+    if "intervals" in report:
+        md += [f"Intervals: {report['intervals']['method']} over the images, {report['intervals']['resamples']} "
+               f"resamples (seed {report['intervals']['seed']}), percentile.", ""]
+    md += ["## Calibration", "", calibration_table(report), ""]
+    if "operating_point" in report:
+        md += ["## Operating point", "", operating_point_text(report["operating_point"]), ""]
     if dataset_name in PUBLISHED:
         md += ["Published results on the same test split (MedMNIST's ACC/AUC rules):", "",
                published_table(dataset_name, m), ""]
-    md += [f"![ROC]({paths['roc'].name})"] + ([f"![confusion matrix]({paths['confusion_matrix'].name})"]
-                                              if "confusion_matrix" in paths else [])
+    md += [f"![ROC]({paths['roc'].name})", f"![reliability]({paths['reliability'].name})"]
+    md += [f"![confusion matrix]({paths['confusion_matrix'].name})"] if "confusion_matrix" in paths else []
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
+    return paths
+
+
+def compare_outputs(first, second, names=("A", "B"), n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Paired comparison of two sets of predictions (``runs.RunOutputs``) on the same images: per metric the
+    difference A - B, its 95% paired-bootstrap interval and p-value; DeLong's test of the AUCs (binary)."""
+    from .stats import delong_test, paired_bootstrap
+    data = first.data
+    result = {"a": str(names[0]), "b": str(names[1]), "dataset": data.name, "n": int(len(first.labels)),
+              "method": f"paired stratified bootstrap, {n_resamples} resamples (seed {seed})",
+              "metrics": paired_bootstrap(first.labels, first.probs, second.probs, data.task, n_resamples, seed)}
+    if data.task == "binary-class":
+        y = np.asarray(first.labels).reshape(-1) == 1
+        result["delong"] = delong_test(y, first.probs[:, 1], second.probs[:, 1])
+    return result
+
+
+def comparison_text(result: dict) -> str:
+    rows = [f"A: {result['a']}", f"B: {result['b']}", f"{result['dataset']}, {result['n']} images; {result['method']}",
+            "", "| metric | A | B | A - B | 95% interval | p |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, r in result["metrics"].items():
+        rows.append(f"| {key} | {_fmt(r['a'])} | {_fmt(r['b'])} | {r['difference']:+.4f} | "
+                    f"{_fmt(r['low'])} - {_fmt(r['high'])} | {r['p']:.4f} |")
+    if "delong" in result:
+        d = result["delong"]
+        rows += ["", f"DeLong's test of the AUCs: {d['auc_a']:.4f} vs {d['auc_b']:.4f}, difference "
+                     f"{d['difference']:+.4f} (SE {d['se']:.4f}), z = {d['z']:.3f}, p = {d['p']:.4f}"]
+    return "\n".join(rows)
+
+
+def write_comparison(out_dir: str | os.PathLike, result: dict) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "compare.json", "md": out / "compare.md"}
+    atomic_write_text(paths["json"], json.dumps(result, indent=1))
+    atomic_write_text(paths["md"], "# Paired comparison\n\n" + comparison_text(result) + "\n")
     return paths

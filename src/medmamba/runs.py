@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .card import read_card
 from .errors import MedMambaError
-from .prediction import predict
+from .prediction import predict_logits, probabilities_from_logits
 from .run_dir import RunDir
 
 
@@ -35,36 +37,65 @@ def load_run(run: str | os.PathLike, splits=("test",), checkpoint: str = "best",
     return model, data, cfg, weights
 
 
+@dataclass
+class RunOutputs:
+    """Predictions of one run, or of an ensemble (probabilities averaged), on one split."""
+    labels: np.ndarray
+    probs: np.ndarray            # with each run's fitted temperature, as evaluate and predict report them
+    plain: np.ndarray            # without any temperature: what calibration is judged against
+    data: object                 # the split's DataBundle
+    used: list                   # (cfg, weights) of each run
+
+
+def _one_run(run, split, checkpoint, overrides, device, progress) -> RunOutputs:
+    model, data, cfg, weights = load_run(run, (split,), checkpoint, overrides)
+    card = read_card(weights)
+    temperature = card.temperature if card is not None else None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    labels, logits = predict_logits(model.to(device), data.splits[split], cfg["eval_batch_size"], device, cfg["amp"],
+                                    progress=progress, tta=cfg["tta"])
+    logits = torch.from_numpy(logits)
+    return RunOutputs(labels, probabilities_from_logits(logits, data.multi_label, temperature).numpy(),
+                      probabilities_from_logits(logits, data.multi_label).numpy(), data, [(cfg, weights)])
+
+
+def run_outputs(runs, split: str = "test", checkpoint: str = "best", overrides=(), device=None,
+                progress: bool = False) -> RunOutputs:
+    """Predictions of one training run, or of the ensemble of several (their class probabilities averaged),
+    on ``split``. The runs must be on the same dataset and classes; each keeps its own input size,
+    normalisation, test-time augmentation and temperature."""
+    if isinstance(runs, (str, os.PathLike)):
+        runs = [runs]
+    if not runs:
+        raise MedMambaError("no training run to evaluate")
+    outs = []
+    for run in runs:
+        out = _one_run(run, split, checkpoint, overrides, device, progress)
+        if outs:
+            first, d, data = outs[0], out.data, outs[0].data
+            if (d.name, list(d.classes), d.task) != (data.name, list(data.classes), data.task):
+                raise MedMambaError(f"{run}: trained on {d.name} {list(d.classes)}, not {data.name} "
+                                    f"{list(data.classes)} like {runs[0]}; an ensemble needs the same dataset and classes")
+            if not np.array_equal(out.labels, first.labels):
+                raise MedMambaError(f"{run}: its {split} split differs from that of {runs[0]}")
+        outs.append(out)
+    return RunOutputs(outs[0].labels, np.mean([o.probs for o in outs], axis=0),
+                      np.mean([o.plain for o in outs], axis=0), outs[0].data, [u for o in outs for u in o.used])
+
+
 def run_predictions(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", overrides=(),
                     device=None, progress: bool = False):
     """(labels, probabilities, data, cfg, weights) of a training output folder's checkpoint on ``split``,
-    with the data handling and test-time augmentation that the run was trained and validated with."""
-    model, data, cfg, weights = load_run(run, (split,), checkpoint, overrides)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    labels, probs = predict(model.to(device), data.splits[split], cfg["eval_batch_size"], device, cfg["amp"],
-                            data.multi_label, progress=progress, tta=cfg["tta"])
-    return labels, probs, data, cfg, weights
+    with the data handling, test-time augmentation and temperature that the run was trained and validated with."""
+    out = _one_run(run, split, checkpoint, overrides, device, progress)
+    return out.labels, out.probs, out.data, *out.used[0]
 
 
 def evaluate_runs(runs, split: str = "test", checkpoint: str = "best", overrides=(), device=None,
                   progress: bool = False):
-    """Metrics of one training run, or of the ensemble of several (their class probabilities averaged), on
-    ``split``. Returns (metrics, labels, probs, data, [(cfg, weights) of each run]). The runs must be on the
-    same dataset and classes; each keeps its own input size, normalisation and test-time augmentation."""
+    """Metrics of one training run, or of the ensemble of several, on ``split`` (see ``run_outputs``).
+    Returns (metrics, labels, probs, data, [(cfg, weights) of each run])."""
     from .metrics import classification_metrics
-    if not runs:
-        raise MedMambaError("no training run to evaluate")
-    labels = data = None
-    probs, used = [], []
-    for run in runs:
-        y, p, d, cfg, weights = run_predictions(run, split, checkpoint, overrides, device, progress)
-        if data is not None and (d.name, list(d.classes), d.task) != (data.name, list(data.classes), data.task):
-            raise MedMambaError(f"{run}: trained on {d.name} {list(d.classes)}, not {data.name} {list(data.classes)} "
-                                f"like {runs[0]}; an ensemble needs the same dataset and classes")
-        if labels is not None and not np.array_equal(y, labels):
-            raise MedMambaError(f"{run}: its {split} split differs from that of {runs[0]}")
-        labels, data = y, d
-        probs.append(p)
-        used.append((cfg, weights))
-    mean = np.mean(probs, axis=0)
-    return classification_metrics(labels, mean, data.task, data.classes), labels, mean, data, used
+    out = run_outputs(runs, split, checkpoint, overrides, device, progress)
+    return (classification_metrics(out.labels, out.probs, out.data.task, out.data.classes), out.labels, out.probs,
+            out.data, out.used)

@@ -6,6 +6,7 @@ resumed from any checkpoint (with num_workers = 0) reproduces the uninterrupted 
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -24,7 +25,6 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import distributed as dist_utils
 from .amp import autocast
-from .card import ModelCard
 from .checkpoint import save_weights
 from .config import dump_config, load_config
 from .data.builder import DataBundle, build_data
@@ -32,8 +32,11 @@ from .errors import MedMambaError, TrainingError
 from .models.timm_models import TIMM_PREFIX
 from .ops.selective_scan import resolve_backend
 from .optim import build_optimizer, lr_factor
-from .prediction import evaluate
-from .reports import write_report
+from .calibration import fit_temperature, single_class_share, threshold_for_sensitivity
+from .card import ModelCard, class_index
+from .files import atomic_write_text
+from .prediction import evaluate, predict_logits, probabilities_from_logits
+from .reports import assess, write_report
 from .rng import rng_state, seed_everything, set_rng_state
 from .run_dir import RunDir
 from .runs import build_model
@@ -58,23 +61,7 @@ class EpochSampler(Sampler):
         return len(self.indices()) - self.start
 
 
-class ModelEma:
-    """Exponential moving average of the weights (buffers copied), evaluated in place of the model."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module):
-        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema_v.dtype.is_floating_point:
-                ema_v.lerp_(v.detach(), 1.0 - self.decay)
-            else:
-                ema_v.copy_(v)
+OVERFIT_WINDOW = 5  # epochs of rising validation loss and falling training loss before a warning
 
 
 @dataclass
@@ -87,6 +74,13 @@ class TrainState:
     bad_epochs: int = 0
     loss_sum: float = 0.0        # this epoch's training loss so far, so a resumed epoch reports it whole
     loss_count: int = 0
+    best_weights: str = "raw"    # "ema" or "raw": which of the two validated better at the best epoch
+    history: list = None         # (train loss, val loss) per epoch, for the overfitting warning
+    warnings: list = None        # what the log and the report must say about this run
+
+    def __post_init__(self):
+        self.history = self.history or []
+        self.warnings = self.warnings or []
 
 
 def class_weight_tensor(cfg: dict, data: DataBundle) -> Optional[torch.Tensor]:
@@ -128,7 +122,8 @@ class Trainer:
             resolve_backend(cfg["scan_backend"], self.device)  # an unusable backend fails here, not mid-epoch
         self._check_output(resume, overwrite)
         seed_everything(cfg["seed"] + self.rank)
-        self.data = build_data(cfg)
+        # The test split is not built here: nothing chosen during training or calibration can see it.
+        self.data = build_data(cfg, splits=("train", "val"))
         self.model = self._build_model()
         if not resume:  # only now that data and model are built: a run that cannot start leaves nothing
             self._create_output()
@@ -139,7 +134,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
         fp16_on_gpu = cfg["amp"] == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16_on_gpu)
-        self.ema = ModelEma(self.model, cfg["ema"]) if cfg["ema"] else None
+        self.ema = None
+        if cfg["ema"]:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(self.model, decay=cfg["ema"], use_warmup=cfg["ema_warmup"])
         weights = class_weight_tensor(cfg, self.data)
         self.class_weights = weights.to(self.device) if weights is not None else None
         self.state = TrainState()
@@ -282,10 +280,11 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
             self.state.step_in_epoch += 1
             self.state.global_step += 1
+            if self.ema is not None:
+                # With warm-up the decay grows with the step (1 - (1 + step)^(-2/3), up to cfg ema).
+                self.ema.update(self.model, step=self.state.global_step if self.cfg["ema_warmup"] else None)
             self.state.loss_sum += loss.item() * len(x)
             self.state.loss_count += len(x)
             if bar is not None:
@@ -302,22 +301,54 @@ class Trainer:
         self.state.loss_sum, self.state.loss_count = 0.0, 0
         return dist_utils.all_reduce_mean(mean)
 
-    def eval_model(self):
-        return self.ema.module if self.ema is not None else self.model
+    def candidates(self) -> dict[str, torch.nn.Module]:
+        """The weights validated at each epoch: the EMA (when on) and the raw ones; the better is kept."""
+        return {"ema": self.ema.module, "raw": self.model} if self.ema is not None else {"raw": self.model}
 
-    def validate(self):
-        metrics, labels, probs = evaluate(self.eval_model(), self.data.splits["val"], self.data.task,
+    def validate(self, model: Optional[torch.nn.Module] = None):
+        metrics, labels, probs = evaluate(model or self.model, self.data.splits["val"], self.data.task,
                                           self.data.classes, self.cfg["eval_batch_size"], self.device,
                                           self.cfg["amp"], tta=self.cfg["tta"])
         metrics["loss"] = float(_nll(labels, probs, self.data.multi_label))
+        metrics["single_class_share"] = single_class_share(probs, self.data.multi_label)
         return metrics
 
-    def _improved(self, value: float) -> bool:
-        if math.isnan(value):
+    def _value(self, metrics: dict) -> float:
+        monitor = self.cfg["monitor"]
+        return metrics[monitor] if monitor in metrics else metrics["medmnist"][monitor]
+
+    def _better(self, a: float, b: Optional[float]) -> bool:
+        """Is ``a`` better than ``b`` for the monitored metric (NaN never is)."""
+        if math.isnan(a):
             return False
-        if self.state.best is None:
+        if b is None or math.isnan(b):
             return True
-        return value < self.state.best if self.cfg["monitor"] == "loss" else value > self.state.best
+        return a < b if self.cfg["monitor"] == "loss" else a > b
+
+    def _warn(self, message: str):
+        self.state.warnings.append(message)
+        if dist_utils.is_main():
+            print(f"warning: {message}", flush=True)
+
+    def _watch(self, epoch: int, chosen: str, val: dict, train_loss: float):
+        """Warnings a user must not miss: a model that predicts one class for every validation image, and
+        validation loss rising for OVERFIT_WINDOW epochs while training loss falls."""
+        if val["single_class_share"] == 1.0:
+            if not any(w.startswith("one class") for w in self.state.warnings):
+                self._warn(f"one class for every validation image: at epoch {epoch} the {chosen} weights predict the "
+                           f"same class for all {len(self.data.splits['val'])} validation images (first seen here; "
+                           f"the report says whether the kept checkpoint does too)")
+        self.state.history.append((train_loss, val["loss"]))
+        h = self.state.history[-(OVERFIT_WINDOW + 1):]
+        if len(h) == OVERFIT_WINDOW + 1 and not any(w.startswith("overfitting") for w in self.state.warnings):
+            val_rising = all(b[1] > a[1] for a, b in zip(h, h[1:]))
+            if val_rising and h[-1][0] < h[0][0]:
+                self._warn(f"overfitting: validation loss rose in each of epochs {epoch - OVERFIT_WINDOW + 1}-{epoch} "
+                           f"({h[0][1]:.4f} -> {h[-1][1]:.4f}) while training loss fell ({h[0][0]:.4f} -> "
+                           f"{h[-1][0]:.4f}); consider fewer epochs, more augmentation or early_stopping")
+
+    def _improved(self, value: float) -> bool:
+        return self._better(value, self.state.best)
 
     def _log(self, row: dict):
         if not dist_utils.is_main():
@@ -344,26 +375,33 @@ class Trainer:
             epoch = self.state.epoch
             t0 = time.time()
             train_loss = self._train_epoch(epoch)
-            val = self.validate()
-            value = val[monitor] if monitor in val else val["medmnist"][monitor]
+            vals = {name: self.validate(model) for name, model in self.candidates().items()}
+            chosen = "ema" if "ema" in vals and not self._better(self._value(vals["raw"]), self._value(vals["ema"])) \
+                else "raw"
+            val = vals[chosen]
+            value = self._value(val)
             self.state.epoch += 1
             self.state.step_in_epoch = 0
             improved = self._improved(value)
             if improved:
                 self.state.best, self.state.best_epoch, self.state.bad_epochs = value, epoch + 1, 0
+                self.state.best_weights = chosen
             else:
                 self.state.bad_epochs += 1
+            self._watch(epoch + 1, chosen, val, train_loss)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": max(self.scheduler.get_last_lr()),
                    "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"], "val_f1": val["f1"],
-                   "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
+                   "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"], "weights": chosen,
+                   **{f"val_{monitor}_{name}": self._value(v) for name, v in vals.items() if len(vals) > 1},
                    "best_epoch": self.state.best_epoch, "seconds": time.time() - t0}
             self._log(row)
             if improved:
-                self._save_best()
+                self._save_best(self.candidates()[chosen])
             self._save_checkpoint("last")
             if dist_utils.is_main() and self.progress:
                 print(f"epoch {epoch + 1:>3}/{cfg['epochs']}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
-                      f"acc {val['accuracy']:.4f}  auc {val['auc']:.4f}{'  *best' if improved else ''}", flush=True)
+                      f"acc {val['accuracy']:.4f}  auc {val['auc']:.4f}" + (f"  ({chosen})" if self.ema else "")
+                      + ("  *best" if improved else ""), flush=True)
             patience = cfg["early_stopping"]
             if patience and self.state.bad_epochs >= patience:
                 if dist_utils.is_main() and self.progress:
@@ -371,9 +409,9 @@ class Trainer:
                 break
         return {"best": self.state.best, "best_epoch": self.state.best_epoch, "epochs": self.state.epoch}
 
-    def _save_best(self):
+    def _save_best(self, model: torch.nn.Module):
         def files(tmp: Path):
-            save_weights(self.eval_model(), tmp / "model.safetensors")
+            save_weights(model, tmp / "model.safetensors")
             (tmp / "model.json").write_text(self.model_card().to_json())
         self._write_checkpoint("best", files)
 
@@ -384,24 +422,65 @@ class Trainer:
                          in_chans=self.data.channels, classes=list(self.data.classes), task=self.data.task,
                          img_size=d["img_size"], mean=d["mean"], std=d["std"], dataset=self.data.name,
                          tta=self.cfg["tta"], epoch=self.state.best_epoch, monitor=self.cfg["monitor"],
-                         value=self.state.best)
+                         value=self.state.best, weights=self.state.best_weights)
 
-    def test(self, split: str = "test") -> tuple[dict, dict]:
-        """Evaluate the best checkpoint on ``split``; write the report under output/eval_<split>."""
+    def best_model(self) -> torch.nn.Module:
+        """A copy of the model holding the best checkpoint's weights (training state left untouched)."""
+        model = copy.deepcopy(self.model).eval()
         best = self.run.weights("best")
-        model = self.eval_model()
         if best.is_file():
             model.load_state_dict(load_file(str(best)))
-        metrics, labels, probs = evaluate(model, self.data.splits[split], self.data.task, self.data.classes,
-                                          self.cfg["eval_batch_size"], self.device, self.cfg["amp"],
-                                          tta=self.cfg["tta"])
+        return model
+
+    def calibrate(self, model: torch.nn.Module) -> ModelCard:
+        """Fit the temperature and, with ``sensitivity``, the binary threshold on the validation split; write
+        them into the best checkpoint's model card. Only validation images are seen here."""
+        cfg, data = self.cfg, self.data
+        card = self.model_card()
+        labels, logits = predict_logits(model, data.splits["val"], cfg["eval_batch_size"], self.device, cfg["amp"],
+                                        tta=cfg["tta"])
+        if cfg["calibrate"]:
+            card.temperature = fit_temperature(logits, labels, data.multi_label)
+        if cfg["sensitivity"] is not None:
+            if data.task != "binary-class":
+                raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, "
+                                    f"not {data.task}")
+            positive = 1 if cfg["positive_class"] is None else class_index(cfg["positive_class"], data.classes)
+            probs = probabilities_from_logits(torch.from_numpy(logits), False, card.temperature).numpy()
+            card.threshold = threshold_for_sensitivity(labels, probs, cfg["sensitivity"], positive)
+            card.positive_class = positive
+        if dist_utils.is_main() and self.run.weights("best").is_file():
+            atomic_write_text(self.run.checkpoint("best") / "model.json", card.to_json())
+        return card
+
+    def test(self, split: str = "test") -> tuple[dict, dict]:
+        """Calibrate the best checkpoint on validation, then (and only then) build ``split`` and evaluate it
+        there; the report goes to output/eval_<split>."""
+        model = self.best_model()
+        card = self.calibrate(model)
+        cfg = self.cfg
+        dataset = self.data.splits[split] if split in self.data.splits else \
+            build_data(cfg, splits=(split,)).splits[split]
+        labels, logits = predict_logits(model, dataset, cfg["eval_batch_size"], self.device, cfg["amp"],
+                                        tta=cfg["tta"])
+        ml = self.data.multi_label
+        probs = probabilities_from_logits(torch.from_numpy(logits), ml, card.temperature).numpy()
+        plain = probabilities_from_logits(torch.from_numpy(logits), ml).numpy()
+        warnings = list(self.state.warnings)
+        share = single_class_share(probs, ml)
+        if share == 1.0:
+            warnings.append(f"the evaluated model predicts one class for every {split} image")
+        report = assess(labels, probs, self.data.task, self.data.classes, uncalibrated=plain,
+                        temperature=card.temperature, threshold=card.threshold,
+                        positive=card.positive_class if card.positive_class is not None else 1,
+                        n_resamples=cfg["bootstrap"], seed=cfg["seed"], warnings=warnings)
         paths = {}
         if dist_utils.is_main():
-            paths = write_report(self.run.eval_dir(split), metrics, labels, probs, self.data.classes,
-                                 f"{self.cfg['model']} on {self.data.name} ({split}), best epoch "
-                                 f"{self.state.best_epoch}", self.data.name,
-                                 extra={"checkpoint": str(best), "split": split, "tta": self.cfg["tta"]})
-        return metrics, paths
+            paths = write_report(self.run.eval_dir(split), report, labels, probs, self.data.classes,
+                                 f"{cfg['model']} on {self.data.name} ({split}), best epoch {self.state.best_epoch} "
+                                 f"({self.state.best_weights} weights)", self.data.name,
+                                 extra={"checkpoint": str(self.run.weights("best")), "split": split, "tta": cfg["tta"]})
+        return report, paths
 
 
 def _nll(labels, probs, multi_label):
@@ -423,5 +502,6 @@ def train(cfg: dict | str | None = None, output: str | os.PathLike = "runs/medma
     summary = trainer.fit()
     result = {"summary": summary, "trainer": trainer}
     if test_split:
-        result["test"], result["report"] = trainer.test(test_split)
+        assessment, result["report"] = trainer.test(test_split)
+        result["test"], result["assessment"] = assessment["metrics"], assessment
     return result

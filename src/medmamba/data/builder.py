@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch.utils.data import Dataset, Subset
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ..card import is_multi_label
 from ..errors import DataError
 from .folders import ImageListDataset, csv_manifest_splits, image_folder_splits
 from .medmnist import MedMNIST, medmnist_info
+from .splits import SPLITS, kfold_indices
 from .transforms import AugmentConfig, build_transform
 
 
@@ -41,25 +43,49 @@ def build_data(cfg: dict, splits=("train", "val", "test")) -> DataBundle:
     def transform(split, channels):
         return build_transform(d["img_size"], channels, split == "train", aug, d["mean"], d["std"])
 
+    folds = d.get("folds")
+    # With folds, train and val are drawn from the two pooled, each image read with the transform of the
+    # split it serves in; the test split is never part of the pool.
+    pooled = bool(folds and set(splits) & {"train", "val"})
+    needed = [s for s in SPLITS if s in splits or (pooled and s in ("train", "val"))]
+    groups = None
     if sources == ["medmnist"]:
         info = medmnist_info(d["medmnist"])
         channels = d["channels"] or info.n_channels
-        datasets = {s: MedMNIST(info.name, s, d["root"], d["size"], transform(s, channels), d["download"])
-                    for s in splits}
         task, classes, name = info.task, info.labels, info.name
+
+        def dataset(split, used_as):
+            return MedMNIST(info.name, split, d["root"], d["size"], transform(used_as, channels), d["download"])
     else:
         channels = d["channels"] or 3
         if sources == ["folder"]:
-            samples, classes = image_folder_splits(d["folder"], channels, d["split_seed"])
+            samples, classes = image_folder_splits(d["folder"], channels, d["split_seed"], fractions=d["fractions"])
             name = str(d["folder"])
         else:
-            samples, classes = csv_manifest_splits(d["csv"], d["split_seed"])
+            samples, classes, groups = csv_manifest_splits(d["csv"], d["split_seed"], d["fractions"])
             name = str(d["csv"])
-        missing = [s for s in splits if s not in samples]
+        missing = [s for s in needed if s not in samples]
         if missing:
             raise DataError(f"{name}: no {'/'.join(missing)} split")
-        datasets = {s: ImageListDataset(samples[s], classes, channels, transform(s, channels)) for s in splits}
         task = "binary-class" if len(classes) == 2 else "multi-class"
+
+        def dataset(split, used_as):
+            return ImageListDataset(samples[split], classes, channels, transform(used_as, channels))
+    datasets = {s: dataset(s, s) for s in splits if not (pooled and s in ("train", "val"))}
+    if pooled:
+        if is_multi_label(task):
+            raise DataError("data.folds: cross-validation folds are stratified by class, which needs one class per image")
+        if not d["fold"] < folds:
+            raise DataError(f"data.fold={d['fold']}: folds are numbered 0..{folds - 1}")
+        labels = np.concatenate([np.asarray(dataset(s, "val").labels) for s in ("train", "val")])
+        pool_groups = None
+        if groups is not None:
+            pool_groups = [groups[p] for s in ("train", "val") for p, _ in samples[s]]
+        train_idx, val_idx = kfold_indices(labels, folds, d["split_seed"], pool_groups)[d["fold"]]
+        for s, idx in (("train", train_idx), ("val", val_idx)):
+            if s in splits:
+                pool = ConcatDataset([dataset("train", s), dataset("val", s)])
+                datasets[s] = _subset(pool, idx, labels[idx])
     for s, ds in datasets.items():
         if len(ds) == 0:
             raise DataError(f"{name}: the {s} split is empty")
@@ -68,7 +94,11 @@ def build_data(cfg: dict, splits=("train", "val", "test")) -> DataBundle:
     return DataBundle(datasets, task, tuple(classes), channels, name)
 
 
-def _first(ds, n):
-    sub = Subset(ds, range(min(n, len(ds))))
-    sub.labels = ds.labels[: len(sub)]
+def _subset(ds, indices, labels):
+    sub = Subset(ds, list(indices))
+    sub.labels = np.asarray(labels)
     return sub
+
+
+def _first(ds, n):
+    return _subset(ds, range(min(n, len(ds))), ds.labels[: min(n, len(ds))])

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..files import atomic_write_text
 from .dicom import DICOM_SUFFIXES, is_dicom, read_dicom
+from .splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_indices
 from .transforms import match_channels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"} | DICOM_SUFFIXES
@@ -96,25 +97,13 @@ def _class_folder_samples(folder: Path, classes: Optional[Sequence[str]] = None)
     return samples, classes
 
 
-def stratified_split(labels: np.ndarray, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> dict[str, list[int]]:
-    """Indices of train/val/test, each class divided in the given proportions, reproducibly."""
-    rng = np.random.default_rng(seed)
-    split = {"train": [], "val": [], "test": []}
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = int(round(fractions[1] * len(idx)))
-        n_test = int(round(fractions[2] * len(idx)))
-        split["val"] += idx[:n_val].tolist()
-        split["test"] += idx[n_val:n_val + n_test].tolist()
-        split["train"] += idx[n_val + n_test:].tolist()
-    return {k: sorted(v) for k, v in split.items()}
-
-
 def image_folder_splits(root: str | os.PathLike, channels: int = 3, seed: int = 0,
-                        split_file: Optional[str | os.PathLike] = None) -> tuple[dict, list[str]]:
+                        split_file: Optional[str | os.PathLike] = None,
+                        fractions=DEFAULT_FRACTIONS) -> tuple[dict, list[str]]:
     """(split -> [(path, label)], classes) for ``root/{train,val,test}/<class>/*`` (the official layout) or
-    for a single ``root/<class>/*`` folder, split 70/10/20 stratified by ``seed``. The single-folder split
-    is saved as JSON (``split_file``, default ``root/split_seed{seed}.json``) and reused when present."""
+    for a single ``root/<class>/*`` folder, split by ``fractions`` (default 70/10/20) stratified by ``seed``.
+    The single-folder split is saved as JSON (``split_file``, default ``root/split_seed{seed}.json``) and
+    reused when present."""
     root = Path(root)
     if (root / "train").is_dir():
         train, classes = _class_folder_samples(root / "train")
@@ -126,25 +115,31 @@ def image_folder_splits(root: str | os.PathLike, channels: int = 3, seed: int = 
     samples, classes = _class_folder_samples(root)
     split_path = Path(split_file) if split_file else root / f"split_seed{seed}.json"
     rel = [os.path.relpath(p, root) for p, _ in samples]
+    fractions = list(check_fractions(fractions))
     if split_path.is_file():
         saved = json.loads(split_path.read_text())
+        if saved.get("fractions", list(DEFAULT_FRACTIONS)) != fractions:
+            raise DataError(f"{split_path}: made with fractions {saved.get('fractions', list(DEFAULT_FRACTIONS))}, "
+                            f"not {fractions}; delete it to re-split")
         by_path = dict(zip(rel, samples))
         missing = [p for part in saved["splits"].values() for p in part if p not in by_path]
         if missing:
             raise DataError(f"{split_path}: lists files that are gone, e.g. {missing[0]}; delete it to re-split")
         return {k: [by_path[p] for p in v] for k, v in saved["splits"].items()}, saved["classes"]
-    idx = stratified_split(np.array([label for _, label in samples]), seed=seed)
+    idx = split_indices([label for _, label in samples], fractions, seed)
     splits = {k: [samples[i] for i in v] for k, v in idx.items()}
-    atomic_write_text(split_path, json.dumps({"seed": seed, "classes": classes,
+    atomic_write_text(split_path, json.dumps({"seed": seed, "fractions": fractions, "classes": classes,
                                               "splits": {k: [rel[i] for i in v] for k, v in idx.items()}},
                                              indent=1))
     return splits, classes
 
 
-def csv_manifest_splits(path: str | os.PathLike, seed: int = 0) -> tuple[dict, list[str]]:
-    """(split -> [(path, label)], classes) from a CSV with columns path, label and optionally split.
-    Relative paths are relative to the CSV; labels may be names or integers; rows without a split are
-    divided 70/10/20 stratified by ``seed``."""
+def csv_manifest_splits(path: str | os.PathLike, seed: int = 0,
+                        fractions=DEFAULT_FRACTIONS) -> tuple[dict, list[str], Optional[dict]]:
+    """(split -> [(path, label)], classes, path -> group or None) from a CSV with columns path, label and
+    optionally split and group. Relative paths are relative to the CSV; labels may be names or integers.
+    Rows without a split are divided by ``fractions`` (default 70/10/20): stratified by class with ``seed``,
+    or, with a group column (a patient or study id), so that each group lies in one split only."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -152,17 +147,33 @@ def csv_manifest_splits(path: str | os.PathLike, seed: int = 0) -> tuple[dict, l
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: not a readable CSV ({e})") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DataError(f"{path}: needs a header with columns path,label[,split] and at least one row")
+        raise DataError(f"{path}: needs a header with columns path,label[,split][,group] and at least one row")
     names = sorted({r["label"] for r in rows}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else s))
     index = {name: i for i, name in enumerate(names)}
     samples = [(str((path.parent / r["path"]).resolve()), index[r["label"]]) for r in rows]
+    groups = None
+    if "group" in rows[0]:
+        missing = [i + 2 for i, r in enumerate(rows) if not (r.get("group") or "").strip()]
+        if missing:
+            raise DataError(f"{path}: empty group on line(s) {missing[:5]}; every row needs its patient/study id")
+        groups = [r["group"].strip() for r in rows]
     given = [r.get("split") or "" for r in rows]
-    bad = sorted({s for s in given if s and s not in ("train", "val", "test")})
+    bad = sorted({s for s in given if s and s not in SPLITS})
     if bad:
         raise DataError(f"{path}: unknown split values {bad}; use train, val or test")
     if all(given):
-        splits = {s: [smp for smp, g in zip(samples, given) if g == s] for s in ("train", "val", "test")}
+        splits = {s: [smp for smp, g in zip(samples, given) if g == s] for s in SPLITS}
+        if groups is not None:
+            where = {}
+            for g, s in zip(groups, given):
+                where.setdefault(g, set()).add(s)
+            leaks = sorted(g for g, s in where.items() if len(s) > 1)
+            if leaks:
+                raise DataError(f"{path}: groups in more than one split, e.g. {leaks[:3]}; a patient must be in one")
+    elif any(given):
+        raise DataError(f"{path}: split is given on some rows and not others; give it on every row or on none")
     else:
-        idx = stratified_split(np.array([label for _, label in samples]), seed=seed)
+        idx = split_indices([label for _, label in samples], fractions, seed, groups)
         splits = {k: [samples[i] for i in v] for k, v in idx.items()}
-    return {k: v for k, v in splits.items() if v}, names
+    by_path = dict(zip((p for p, _ in samples), groups)) if groups is not None else None
+    return {k: v for k, v in splits.items() if v}, names, by_path

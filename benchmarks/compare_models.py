@@ -1,0 +1,158 @@
+"""Fair comparison: K seeds of M models on D datasets, one recipe for all, one table.
+
+Every run is `medmamba train` with the same configuration (the defaults, or --config) and only the model
+and seed changed, so the architectures are compared under one recipe, by one code path. For each dataset
+and model the table gives mean +- sd over the seeds of the test metrics and training time; each model's
+seeds are then ensembled (probabilities averaged) and compared with the --reference model's ensemble on
+the same test images (paired bootstrap interval and p-value of the differences, DeLong's test of the AUCs
+for binary tasks). Writes table.csv, table.md and table.png under --output.
+
+A run whose report exists is not trained again, so a long benchmark can be spread over several sessions:
+
+    .venv/bin/python benchmarks/compare_models.py --data-root ../shared/medmnist --datasets breastmnist \\
+        --models medmamba_t timm/resnet18 timm/resnet50 timm/convnext_atto --seeds 0 1 2 3 4 \\
+        --reference timm/resnet18 --output runs/compare
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("accuracy", "auc", "balanced_accuracy", "ece")
+
+
+def run_dir(output: Path, dataset: str, model: str, seed: int) -> Path:
+    return output / dataset / model.replace("/", "_") / f"seed{seed}"
+
+
+def train_one(dataset: str, model: str, seed: int, args) -> dict:
+    """Train (unless already done) and return the run's test figures and training time."""
+    from medmamba.config import load_config
+    from medmamba.train import train
+    out = run_dir(Path(args.output), dataset, model, seed)
+    report_path = out / "eval_test" / "report.json"
+    timing = out / "benchmark_time.json"
+    if not (report_path.is_file() and timing.is_file()):
+        cfg = load_config(args.config, [f"data.root={args.data_root}", f"data.medmnist={dataset}", f"model={model}",
+                                        f"seed={seed}", *args.set])
+        t0 = time.time()
+        train(cfg, out, overwrite=True, progress=args.progress)
+        timing.write_text(json.dumps({"train_and_test_s": time.time() - t0}))
+    report = json.loads(report_path.read_text())
+    m = report["metrics"]
+    return {"dataset": dataset, "model": model, "seed": seed, "accuracy": m["medmnist"]["acc"],
+            "auc": m["medmnist"]["auc"], "balanced_accuracy": m["balanced_accuracy"],
+            "ece": report["calibration"]["after"]["ece"],
+            "seconds": json.loads(timing.read_text())["train_and_test_s"], "run": str(out)}
+
+
+def summarise(rows: list[dict], args) -> list[dict]:
+    """mean +- sd per (dataset, model), and the paired comparison of seed ensembles with the reference."""
+    from medmamba.reports import compare_outputs
+    from medmamba.runs import run_outputs
+    table = []
+    for dataset in args.datasets:
+        outputs = {}
+        for model in args.models:
+            mine = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
+            entry = {"dataset": dataset, "model": model, "seeds": len(mine)}
+            for key in (*COLUMNS, "seconds"):
+                values = np.array([r[key] for r in mine], dtype=float)
+                entry[f"{key}_mean"] = float(values.mean())
+                entry[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            outputs[model] = run_outputs([r["run"] for r in mine], "test", overrides=[f"data.root={args.data_root}"])
+            table.append(entry)
+        reference = outputs.get(args.reference)
+        for entry in table:
+            if entry["dataset"] != dataset or reference is None or entry["model"] == args.reference:
+                continue
+            result = compare_outputs(outputs[entry["model"]], reference, (entry["model"], args.reference),
+                                     n_resamples=args.bootstrap, seed=0)
+            for key in ("accuracy", "auc"):
+                r = result["metrics"][key]
+                entry[f"ensemble_{key}"], entry[f"reference_ensemble_{key}"] = r["a"], r["b"]
+                entry[f"{key}_difference"], entry[f"{key}_low"], entry[f"{key}_high"], entry[f"{key}_p"] = (
+                    r["difference"], r["low"], r["high"], r["p"])
+            if "delong" in result:
+                entry["delong_p"] = result["delong"]["p"]
+    return table
+
+
+def markdown(table: list[dict], reference: str) -> str:
+    def ms(e, key, digits=3):
+        sd = e[f"{key}_sd"]
+        return f"{e[f'{key}_mean']:.{digits}f} +- {sd:.{digits}f}" if not math.isnan(sd) else f"{e[f'{key}_mean']:.{digits}f}"
+    lines = ["| dataset | model | seeds | test ACC | test AUC | balanced ACC | ECE | train+test s/run | "
+             f"ensemble AUC - {reference} (95% CI, p; DeLong p) |", "| --- " * 9 + "|"]
+    for e in table:
+        if "auc_difference" in e:
+            versus = (f"{e['auc_difference']:+.3f} ({e['auc_low']:+.3f} to {e['auc_high']:+.3f}, p {e['auc_p']:.3f}"
+                      + (f"; {e['delong_p']:.3f}" if "delong_p" in e else "") + ")")
+        else:
+            versus = "reference" if e["model"] == reference else ""
+        lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {ms(e, 'accuracy')} | {ms(e, 'auc')} | "
+                     f"{ms(e, 'balanced_accuracy')} | {ms(e, 'ece')} | {ms(e, 'seconds', 0)} | {versus} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], args, path: Path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5 * len(args.datasets), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(args.datasets), squeeze=False)[0])
+    for ax, dataset in zip(axes, args.datasets):
+        for i, model in enumerate(args.models):
+            values = [r["auc"] for r in rows if r["dataset"] == dataset and r["model"] == model]
+            ax.plot([i] * len(values), values, "o", alpha=0.6, color=f"C{i}")
+            ax.errorbar([i + 0.15], [np.mean(values)], yerr=[np.std(values, ddof=1) if len(values) > 1 else 0],
+                        fmt="s", color=f"C{i}", capsize=3)
+        ax.set_xticks(range(len(args.models)), args.models, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{dataset}: test AUC per seed (square: mean +- sd)", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--datasets", nargs="+", default=["breastmnist"])
+    parser.add_argument("--models", nargs="+", default=["medmamba_t", "timm/resnet18"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--reference", default="timm/resnet18", help="model the others are compared with")
+    parser.add_argument("--config", help="one recipe for every run (default: the package defaults)")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for every run, key=value")
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--output", default="runs/compare")
+    parser.add_argument("--progress", action="store_true", help="per-epoch progress of every run")
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for dataset in args.datasets:
+        for model in args.models:
+            for seed in args.seeds:
+                rows.append(train_one(dataset, model, seed, args))
+                r = rows[-1]
+                print(f"{dataset} {model} seed {seed}: ACC {r['accuracy']:.4f} AUC {r['auc']:.4f} "
+                      f"({r['seconds']:.0f} s)", flush=True)
+    table = summarise(rows, args)
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for e in table for k in e}))
+        writer.writeheader()
+        writer.writerows(table)
+    text = markdown(table, args.reference)
+    (out / "table.md").write_text(text + "\n")
+    (out / "runs.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, args, out / "table.png")
+    print("\n" + text)
+    print(f"\nwrote {out / 'table.csv'}, {out / 'table.md'}, {out / 'table.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""A timm architecture through the same pipeline as MedMamba: train, evaluate, compare, predict, explain, export."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medmamba.cli import main
+from medmamba.data import MedMNIST
+from medmamba.train import train
+
+from .test_data import MEDMNIST, needs_medmnist
+from .test_train import TINY, tiny_cfg
+
+pytestmark = needs_medmnist
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("baseline") / "resnet"
+    # model_args={} after TINY: MedMamba's tiny depths/dims mean nothing to a ResNet
+    result = train(tiny_cfg("model=timm/resnet18", "model_args={}", "epochs=2", "bootstrap=200"), out, progress=False)
+    return out, result
+
+
+def test_timm_model_trains_and_its_card_records_it(resnet_run):
+    out, result = resnet_run
+    card = json.loads((out / "checkpoints" / "best" / "model.json").read_text())
+    assert card["model"] == "timm/resnet18" and card["in_chans"] == 1 and card["num_classes"] == 2
+    assert card["classes"] == ["malignant", "normal, benign"] and card["temperature"] > 0
+    report = json.loads((out / "eval_test" / "report.json").read_text())
+    assert report["metrics"]["n"] == 40 and set(report["intervals"]) >= {"accuracy", "auc", "sensitivity",
+                                                                          "specificity", "f1"}
+    assert (out / "eval_test" / "reliability.png").stat().st_size > 1000
+    assert result["trainer"].model.__class__.__module__.startswith("timm.")
+
+
+def test_timm_run_evaluates_compares_predicts_explains_and_exports(resnet_run, tmp_path, capsys):
+    out, _ = resnet_run
+    assert main(["evaluate", str(out), "--split", "val", "--bootstrap", "100", "--output", str(tmp_path / "ev")]) == 0
+    assert "| accuracy |" in capsys.readouterr().out
+    # a MedMamba run on the same images, compared with the ResNet
+    mamba = tmp_path / "mamba"
+    train(tiny_cfg("epochs=1", "bootstrap=0"), mamba, progress=False, test_split=None)
+    assert main(["compare", str(mamba), str(out), "--bootstrap", "100", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "DeLong's test" in printed and "| auc |" in printed
+    compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert compared["n"] == 40 and compared["b"] == str(out)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    data = MedMNIST("breastmnist", "test", MEDMNIST)
+    for i in range(3):
+        Image.fromarray(data.images[i]).save(images / f"case{i}.png")
+    assert main(["predict", str(out), str(images), "--output", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 3 and all(abs(float(r["prob_malignant"]) + float(r["prob_normal, benign"]) - 1) < 1e-5
+                                  for r in rows)
+    assert main(["explain", str(out), str(images), "--output", str(tmp_path / "cams")]) == 0
+    assert len(list((tmp_path / "cams").glob("*_hirescam.png"))) == 3
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(out), "--format", "onnx", "--output", str(tmp_path / "r.onnx")]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+
+
+def test_unknown_timm_name_is_one_line_saying_how_to_list(tmp_path):
+    from .test_train import run_python
+    proc = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", "train",
+                      "--output", tmp_path / "o", *TINY, "model=timm/not_a_network", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "timm.list_models()" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_temperature_is_applied_by_predict(resnet_run, tmp_path):
+    import torch
+
+    from medmamba.inference import Predictor
+    out, _ = resnet_run
+    predictor = Predictor.from_checkpoint(out, device="cpu")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        logits = predictor.model(x)
+    expected = (logits / predictor.card.temperature).softmax(-1).numpy()
+    np.testing.assert_allclose(predictor.predict_batch(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys):
+    import importlib.util
+
+    from .conftest import REPO
+    spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cmp"
+    overrides = [t for t in TINY if not t.startswith(("data.root", "model_args"))] + ["epochs=1", "bootstrap=0"]
+    argv = ["--data-root", str(MEDMNIST), "--models", "timm/resnet18", "timm/resnet10t", "--seeds", "0", "1",
+            "--reference", "timm/resnet18", "--bootstrap", "100", "--output", str(out), "--set", *overrides]
+    bench.main(argv)
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert [(r["dataset"], r["model"], r["seeds"]) for r in rows] == [("breastmnist", "timm/resnet18", "2"),
+                                                                      ("breastmnist", "timm/resnet10t", "2")]
+    runs = json.loads((out / "runs.json").read_text())
+    aucs = [r["auc"] for r in runs if r["model"] == "timm/resnet10t"]
+    assert float(rows[1]["auc_mean"]) == pytest.approx(np.mean(aucs))
+    assert float(rows[1]["auc_sd"]) == pytest.approx(np.std(aucs, ddof=1))
+    assert rows[1]["delong_p"] and rows[0]["auc_difference"] == ""   # compared with the reference, not itself
+    assert (out / "table.png").stat().st_size > 1000 and "| breastmnist | timm/resnet10t | 2 |" in (
+        out / "table.md").read_text()
+    first = (out / "breastmnist" / "timm_resnet18" / "seed0" / "benchmark_time.json").read_text()
+    bench.main(argv)  # a second call trains nothing again
+    assert (out / "breastmnist" / "timm_resnet18" / "seed0" / "benchmark_time.json").read_text() == first
