@@ -62,6 +62,7 @@ class EpochSampler(Sampler):
 
 
 OVERFIT_WINDOW = 5  # epochs of rising validation loss and falling training loss before a warning
+ONE_CLASS_EPOCHS = 3  # consecutive epochs of one predicted class before a warning (early epochs often do it once)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class TrainState:
     loss_sum: float = 0.0        # this epoch's training loss so far, so a resumed epoch reports it whole
     loss_count: int = 0
     best_weights: str = "raw"    # "ema" or "raw": which of the two validated better at the best epoch
+    best_one_class: bool = False  # the best checkpoint predicts one class for every validation image
+    one_class_epochs: int = 0    # consecutive epochs so far whose evaluated model predicted one class
     history: list = None         # (train loss, val loss) per epoch, for the overfitting warning
     warnings: list = None        # what the log and the report must say about this run
 
@@ -333,11 +336,12 @@ class Trainer:
     def _watch(self, epoch: int, chosen: str, val: dict, train_loss: float):
         """Warnings a user must not miss: a model that predicts one class for every validation image, and
         validation loss rising for OVERFIT_WINDOW epochs while training loss falls."""
-        if val["single_class_share"] == 1.0:
-            if not any(w.startswith("one class") for w in self.state.warnings):
-                self._warn(f"one class for every validation image: at epoch {epoch} the {chosen} weights predict the "
-                           f"same class for all {len(self.data.splits['val'])} validation images (first seen here; "
-                           f"the report says whether the kept checkpoint does too)")
+        one_class = val["single_class_share"] == 1.0
+        self.state.one_class_epochs = self.state.one_class_epochs + 1 if one_class else 0
+        if self.state.one_class_epochs == ONE_CLASS_EPOCHS:
+            self._warn(f"one class for every validation image: in epochs {epoch - ONE_CLASS_EPOCHS + 1}-{epoch} the "
+                       f"evaluated weights predicted the same class for all {len(self.data.splits['val'])} validation "
+                       f"images (a collapsed model, or an EMA still dominated by its initialisation)")
         self.state.history.append((train_loss, val["loss"]))
         h = self.state.history[-(OVERFIT_WINDOW + 1):]
         if len(h) == OVERFIT_WINDOW + 1 and not any(w.startswith("overfitting") for w in self.state.warnings):
@@ -386,6 +390,7 @@ class Trainer:
             if improved:
                 self.state.best, self.state.best_epoch, self.state.bad_epochs = value, epoch + 1, 0
                 self.state.best_weights = chosen
+                self.state.best_one_class = val["single_class_share"] == 1.0
             else:
                 self.state.bad_epochs += 1
             self._watch(epoch + 1, chosen, val, train_loss)
@@ -407,6 +412,9 @@ class Trainer:
                 if dist_utils.is_main() and self.progress:
                     print(f"early stopping: no {monitor} improvement in {patience} epochs", flush=True)
                 break
+        if self.state.best_one_class:
+            self._warn(f"the kept checkpoint (epoch {self.state.best_epoch}) predicts one class for every validation "
+                       f"image")
         return {"best": self.state.best, "best_epoch": self.state.best_epoch, "epochs": self.state.epoch}
 
     def _save_best(self, model: torch.nn.Module):
