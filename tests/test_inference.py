@@ -200,3 +200,15 @@ def test_predict_reads_dicom(tmp_path):
     assert result.paths == [str(tmp_path / "scan.dcm")] and not result.failures
     shown = 1.0 - np.clip((stored - 299.5) / 499.0 + 0.5, 0, 1)
     np.testing.assert_allclose(result.probabilities[0], expected_probs(model, shown), atol=1e-4)
+
+
+def test_binary_operating_point_from_the_card_decides_the_predicted_class():
+    from medmamba.inference import PredictionResult
+    probs = np.array([[0.7, 0.3], [0.9, 0.1], [0.4, 0.6]])
+    plain = PredictionResult(["a", "b", "c"], probs, ["malignant", "benign"], False)
+    assert plain.predicted() == ["malignant", "malignant", "benign"]
+    # threshold 0.2 on p(malignant), chosen for sensitivity: only clearly benign images are called benign
+    low = PredictionResult(["a", "b", "c"], probs, ["malignant", "benign"], False, threshold=0.2, positive=0)
+    assert low.predicted() == ["malignant", "malignant", "malignant"]
+    high = PredictionResult(["a", "b", "c"], probs, ["malignant", "benign"], False, threshold=0.8, positive=0)
+    assert high.predicted() == ["benign", "malignant", "benign"]

@@ -118,6 +118,8 @@ class PredictionResult:
     multi_label: bool
     failures: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
     seconds: float = 0.0
+    threshold: Optional[float] = None    # binary operating point from the model card: class ``positive``
+    positive: int = 1                    # is predicted when its probability reaches ``threshold``
 
     @property
     def images_per_second(self) -> float:
@@ -126,7 +128,12 @@ class PredictionResult:
     def predicted(self) -> list[str]:
         if self.multi_label:
             return [";".join(c for c, p in zip(self.classes, row) if p >= 0.5) for row in self.probabilities]
-        return [self.classes[k] for k in self.probabilities.argmax(1)] if len(self.paths) else []
+        if not len(self.paths):
+            return []
+        if self.threshold is not None and len(self.classes) == 2:
+            hit = self.probabilities[:, self.positive] >= self.threshold
+            return [self.classes[self.positive if h else 1 - self.positive] for h in hit]
+        return [self.classes[k] for k in self.probabilities.argmax(1)]
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -205,4 +212,5 @@ class Predictor:
         return PredictionResult(paths=[paths[i] for i in done],
                                 probabilities=np.concatenate(probs) if probs else np.zeros((0, len(self.classes))),
                                 classes=self.classes, multi_label=self.multi_label, failures=failures,
-                                seconds=seconds)
+                                seconds=seconds, threshold=self.card.threshold,
+                                positive=self.card.positive_class if self.card.positive_class is not None else 1)
