@@ -254,6 +254,18 @@ def _export(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .errors import MedMambaError
+    from .serve import serve
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"serving on {args.host}: reachable from other machines; the page has no login", file=sys.stderr)
+    if not 0 < args.port < 65536:
+        raise MedMambaError(f"--port {args.port}: a port is 1..65535")
+    serve(args.checkpoints, host=args.host, port=args.port, max_file_mb=args.max_file_mb, queue_size=args.queue,
+          device=args.device)
+    return 0
+
+
 def torch_cuda() -> bool:
     import torch
     return torch.cuda.is_available()
@@ -345,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_explain)
 
+    srv = sub.add_parser("serve", help="a web page and HTTP API for trained models (pip install \"medmamba[web]\")")
+    srv.add_argument("checkpoints", nargs="+", metavar="RUN_OR_CHECKPOINT",
+                     help="training runs, checkpoint folders or weights files; several: a selector and their ensemble")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    srv.add_argument("--port", type=int, default=7860)
+    srv.add_argument("--max-file-mb", type=float, default=20, help="largest upload accepted, in MB")
+    srv.add_argument("--queue", type=int, default=64, help="requests that may wait; more are turned away")
+    srv.add_argument("--device", help="cpu or cuda (default: cpu)")
+    srv.set_defaults(func=_serve)
+
     ex = sub.add_parser("export", help="ONNX (checked with onnxruntime) or safetensors weights + JSON config")
     add_model_options(ex)
     ex.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
@@ -368,6 +390,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early, e.g. `medmamba config | head`
+        sys.stdout = None
+        return 0
 
 
 if __name__ == "__main__":

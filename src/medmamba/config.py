@@ -119,7 +119,7 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "medmnist": text("breastmnist", "a MedMNIST 2-D subset, or null when folder/csv is given"),
         "folder": text(None, "root/{train,val,test}/<class>/* or root/<class>/*"),
-        "csv": text(None, "a CSV manifest: path,label[,split]"),
+        "csv": text(None, "a CSV manifest: path,label[,split][,group] (group: patient or study id)"),
         "root": text(None, "MedMNIST data root (default: $MEDMAMBA_DATA)"),
         "size": choice(28, "MedMNIST release: 28, 64, 128 or 224 px", (28, 64, 128, 224)),
         "download": boolean(False, "fetch a missing MedMNIST file (MD5-checked)"),

@@ -1,0 +1,281 @@
+"""A web page (and an HTTP API) for trained models: upload scans, see the class probabilities and where the
+model looked. Built on Gradio (``pip install "medmamba[web]"``) over ``Predictor`` and the activation maps:
+the page shows exactly what ``medmamba predict`` and ``medmamba explain`` compute.
+
+Safe by default: it listens on 127.0.0.1; it reads only files uploaded to it (anything else is refused);
+unreadable, corrupt, oversized or decompression-bomb images are reported on the page while the server goes
+on serving; and requests wait in a bounded queue, so a burst cannot exhaust memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import MedMambaError
+
+ENSEMBLE = "ensemble of all"
+DEFAULT_MAX_FILE_MB = 20
+
+
+def _gradio():
+    try:
+        import gradio as gr
+    except ImportError:
+        raise MedMambaError('the web page needs Gradio: pip install "medmamba[web]"') from None
+    return gr
+
+
+@dataclass
+class ServedModel:
+    name: str
+    predictor: object             # inference.Predictor
+    card_markdown: str
+
+
+def _card_markdown(name: str, source: Path, predictor) -> str:
+    """The model card shown on the page: what the model is, what it was trained on, its test figures."""
+    card = predictor.card
+    lines = [f"**{name}**: `{card.model}`, {len(predictor.classes)} classes ({', '.join(predictor.classes)}), "
+             f"{predictor.channels}-channel input at {predictor.img_size} px"
+             + (", mirror-averaged" if predictor.tta else ""),
+             f"Training data: {card.dataset or 'not recorded'}"
+             + (f"; checkpoint of epoch {card.epoch} ({card.monitor} {card.value:.4f} on validation)"
+                if card.epoch and card.value is not None else "")]
+    if card.temperature:
+        lines.append(f"Calibrated: temperature {card.temperature:.3f} fitted on the validation split")
+    report = _run_report(source)
+    if report is not None:
+        m = report["metrics"]
+        ci = report.get("intervals", {})
+
+        def cell(key):
+            low_high = ci.get(key)
+            return f"{m[key]:.3f}" + (f" ({low_high[0]:.3f}-{low_high[1]:.3f})" if low_high else "")
+        lines.append(f"Test split ({m['n']} images): accuracy {cell('accuracy')}, AUC {cell('auc')}, "
+                     f"sensitivity {cell('sensitivity')}, specificity {cell('specificity')}")
+    else:
+        lines.append("No test report beside this checkpoint.")
+    return "  \n".join(lines)
+
+
+def _run_report(source: Path) -> Optional[dict]:
+    from .run_dir import RunDir
+    for candidate in (RunDir(source).eval_dir("test") / "report.json", source.parent.parent / "eval_test" / "report.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
+
+
+def load_models(checkpoints: Sequence[str | os.PathLike], device=None, scan_backend: str = "auto") -> list[ServedModel]:
+    """One ``Predictor`` per checkpoint (a run folder, a checkpoint folder or a weights file)."""
+    from .inference import Predictor
+    models, seen = [], set()
+    for path in checkpoints:
+        predictor = Predictor.from_checkpoint(path, scan_backend=scan_backend, device=device or "cpu")
+        name = Path(path).name or str(path)
+        while name in seen:
+            name += "'"
+        seen.add(name)
+        models.append(ServedModel(name, predictor, _card_markdown(name, Path(path), predictor)))
+    if len(models) > 1:
+        first = models[0].predictor
+        for m in models[1:]:
+            if m.predictor.classes != first.classes or m.predictor.multi_label != first.multi_label:
+                raise MedMambaError(f"{m.name} predicts {m.predictor.classes}, {models[0].name} {first.classes}: "
+                                    f"models served together must share their classes")
+    return models
+
+
+class Service:
+    """What the page and the API do, without Gradio: predictions, maps and the CSV of a batch of files."""
+
+    def __init__(self, models: list[ServedModel], upload_dir: Path):
+        self.models = {m.name: m for m in models}
+        self.upload_dir = upload_dir.resolve()
+
+    @property
+    def choices(self) -> list[str]:
+        return list(self.models) + ([ENSEMBLE] if len(self.models) > 1 else [])
+
+    def _members(self, choice: Optional[str]) -> list[ServedModel]:
+        if choice in (None, "", ENSEMBLE):
+            return list(self.models.values()) if choice == ENSEMBLE else [next(iter(self.models.values()))]
+        if choice not in self.models:
+            raise MedMambaError(f"unknown model {choice!r}; served: {', '.join(self.choices)}")
+        return [self.models[choice]]
+
+    def uploaded(self, path: str | os.PathLike) -> Path:
+        """The path of an uploaded file; anything outside the upload folder is refused."""
+        resolved = Path(path).resolve()
+        if self.upload_dir not in resolved.parents:
+            raise MedMambaError(f"{Path(path).name}: not an uploaded file")
+        return resolved
+
+    def predict(self, files: Sequence[str], choice: Optional[str] = None):
+        """(PredictionResult-like rows, failures) for uploaded ``files``; an ensemble averages probabilities
+        as ``medmamba evaluate`` does."""
+        from .inference import PredictionResult, failure_reason
+        members = self._members(choice)
+        paths, failures = [], []
+        for f in files or []:
+            try:
+                paths.append(str(self.uploaded(f)))
+            except MedMambaError as e:
+                failures.append((Path(f).name, str(e).split(": ", 1)[-1]))
+        probs_per_model, good = [], None
+        for member in members:
+            p = member.predictor
+            kept, batch, bad = [], [], []
+            for path in paths:
+                try:
+                    batch.append(p.read(path)[1])
+                    kept.append(path)
+                except Exception as e:  # DataError for unreadable files and bombs, or a transform failing
+                    bad.append((Path(path).name, failure_reason(e, path).replace(path, Path(path).name)))
+            if good is None:
+                good, failures = kept, failures + bad
+            import torch
+            probs_per_model.append(p.predict_batch(torch.stack(batch)) if batch else
+                                   np.zeros((0, len(p.classes))))
+        first = members[0].predictor
+        card = first.card if len(members) == 1 else None
+        return PredictionResult(paths=good or [], probabilities=np.mean(probs_per_model, axis=0),
+                                classes=first.classes, multi_label=first.multi_label, failures=failures,
+                                threshold=card.threshold if card else None,
+                                positive=card.positive_class if card and card.positive_class is not None else 1)
+
+    def activation_map(self, path: str, choice: Optional[str], target: Optional[str], opacity: float) -> np.ndarray:
+        """HiResCAM overlay of one uploaded image for class ``target`` (default: the prediction)."""
+        from .card import class_index
+        from .explain import class_activation_map, overlay
+        member = self._members(choice)[0]   # an ensemble's map is its first model's
+        p = member.predictor
+        image, x = p.read(str(self.uploaded(path)))
+        k = None if target in (None, "", "predicted") else class_index(target, p.classes)
+        cam = class_activation_map(p.model, x[None].to(p.device), target=k, multi_label=p.multi_label,
+                                   temperature=p.card.temperature)
+        return overlay(image, cam.maps[0].cpu(), alpha=float(opacity))
+
+
+def build_app(models: list[ServedModel], upload_dir: Path, max_file_mb: float = DEFAULT_MAX_FILE_MB):
+    """The Gradio page: upload, predictions table, per-image probabilities and map, model card, CSV download."""
+    gr = _gradio()
+    service = Service(models, upload_dir)
+    first = models[0].predictor
+    suffixes = sorted({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
+
+    def run(files, choice):
+        if not files:
+            return (gr.update(value=None), "Upload one or more images first.", None, gr.update(choices=[], value=None),
+                    {}, "", None, [])
+        result = service.predict([getattr(f, "name", f) for f in files], choice)
+        csv_path = Path(tempfile.mkdtemp(dir=upload_dir)) / "predictions.csv"
+        csv_path.write_text(_display_csv(result))
+        rows = [[Path(p).name, *[round(float(v), 6) for v in row], label]
+                for p, row, label in zip(result.paths, result.probabilities, result.predicted())]
+        errors = "\n".join(f"- **{name}**: {reason}" for name, reason in result.failures)
+        message = (f"{len(result.paths)} image(s) predicted" + (f"; {len(result.failures)} not read:\n\n{errors}"
+                                                                if result.failures else "."))
+        names = [Path(p).name for p in result.paths]
+        state = list(zip(names, result.paths, [r.tolist() for r in result.probabilities], result.predicted()))
+        shown = names[0] if names else None
+        label, predicted, overlay_image = _details(state, shown, choice, "predicted", 0.45)
+        return (rows, message, str(csv_path), gr.update(choices=names, value=shown), label, predicted, overlay_image,
+                state)
+
+    def _details(state, shown, choice, target, opacity):
+        for name, path, probs, predicted in state or []:
+            if name == shown:
+                image = service.activation_map(path, choice, target, opacity)
+                return dict(zip(first.classes, probs)), predicted, image
+        return {}, "", None
+
+    def details(state, shown, choice, target, opacity):
+        return _details(state, shown, choice, target, opacity)
+
+    def card(choice):
+        members = service._members(choice)
+        return "\n\n".join(m.card_markdown for m in members)
+
+    def api_predict(file, choice=None):
+        """One image in, its class probabilities and predicted class out (JSON)."""
+        result = service.predict([getattr(file, "name", file)], choice)
+        if result.failures:
+            raise gr.Error(f"{result.failures[0][0]}: {result.failures[0][1]}")
+        return {"probabilities": dict(zip(result.classes, map(float, result.probabilities[0]))),
+                "predicted": result.predicted()[0]}
+
+    with gr.Blocks(title="MedMamba") as demo:
+        gr.Markdown("# MedMamba\nDrop scans below (PNG, JPEG, TIFF 8/16-bit, DICOM), then **Predict**. "
+                    "Research software: not for diagnosis.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="Images", file_count="multiple", file_types=suffixes, elem_id="upload")
+                choice = gr.Dropdown(service.choices, value=service.choices[0], label="Model", elem_id="model")
+                button = gr.Button("Predict", variant="primary", elem_id="predict")
+                message = gr.Markdown(elem_id="message")
+                model_card = gr.Markdown(card(service.choices[0]), elem_id="card")
+            with gr.Column(scale=2):
+                table = gr.Dataframe(headers=["file", *[f"prob_{c}" for c in first.classes], "predicted"],
+                                     label="Predictions", interactive=False, elem_id="results")
+                download = gr.File(label="Predictions as CSV (the columns of medmamba predict)", elem_id="csv")
+                with gr.Row():
+                    shown = gr.Dropdown([], label="Image", elem_id="image-choice")
+                    target = gr.Dropdown(["predicted", *first.classes], value="predicted", label="Map for class",
+                                         elem_id="target")
+                    opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Map opacity", elem_id="opacity")
+                with gr.Row():
+                    probs = gr.Label(label="Class probabilities", elem_id="probabilities")
+                    overlay_image = gr.Image(label="HiResCAM", type="numpy", elem_id="overlay")
+                predicted = gr.Textbox(label="Predicted class", elem_id="predicted", interactive=False)
+        state = gr.State([])
+        button.click(run, [files, choice], [table, message, download, shown, probs, predicted, overlay_image, state],
+                     api_name=False)
+        for control in (shown, target, opacity):
+            control.change(details, [state, shown, choice, target, opacity], [probs, predicted, overlay_image],
+                           api_name=False)
+        choice.change(card, choice, model_card, api_name=False)
+        # The HTTP API (gradio_client): one image in, JSON out; hidden components give it typed parameters.
+        with gr.Row(visible=False):
+            api_file = gr.File(label="image")
+            api_model = gr.Textbox(value=service.choices[0], label="model")
+            api_out = gr.JSON()
+            gr.Button().click(api_predict, [api_file, api_model], api_out, api_name="predict")
+    return demo
+
+
+def _display_csv(result) -> str:
+    """``predict``'s CSV with each path as the uploaded file's name (the server's temporary path means nothing
+    to the person who uploaded it)."""
+    import csv
+    import io
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", *(f"prob_{c}" for c in result.classes), "predicted"])
+    for path, row, label in zip(result.paths, result.probabilities, result.predicted()):
+        writer.writerow([Path(path).name, *(f"{p:.6f}" for p in row), label])
+    return out.getvalue()
+
+
+def serve(checkpoints: Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 7860,
+          max_file_mb: float = DEFAULT_MAX_FILE_MB, queue_size: int = 64, device=None, block: bool = True):
+    """Load the models, build the page and serve it (``block=False``: return the running app)."""
+    models = load_models(checkpoints, device=device)
+    upload_dir = Path(tempfile.mkdtemp(prefix="medmamba-serve-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)   # uploads land here, and only here is read
+    demo = build_app(models, upload_dir, max_file_mb)
+    # One request runs at a time (a model uses every core anyway); at most queue_size wait, the rest are
+    # turned away at once rather than piling up in memory.
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    demo.launch(server_name=host, server_port=port, max_file_size=f"{max_file_mb}mb", prevent_thread_lock=not block,
+                show_error=True, quiet=False)
+    return demo
