@@ -178,6 +178,11 @@ def test_api_under_a_burst_of_50_concurrent_requests(server, images, tmp_path):
     # a bad file through the API is an error for that request only; the server goes on serving
     with pytest.raises(Exception, match="not a readable image"):
         client.predict(handle_file(str(images / "garbage.png")), api_name="/predict")
+    # so is an upload over the size limit (20 MB by default), refused before it is read
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (21 * 1024 * 1024))
+    with pytest.raises(Exception, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(big)), api_name="/predict")
     assert client.predict(handle_file(str(image)), api_name="/predict")["predicted"] == want["predicted"]
     assert server["proc"].poll() is None
 
