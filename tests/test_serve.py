@@ -197,3 +197,27 @@ def test_serve_refuses_paths_that_were_not_uploaded(tmp_path):
     for outside in ("/etc/passwd", tmp_path / "uploads" / ".." / "secret.png"):
         with pytest.raises(MedMambaError, match="not an uploaded file"):
             service.uploaded(outside)
+
+
+def test_several_models_a_selector_and_their_ensemble(tmp_path, images):
+    import torch
+
+    from medmamba import create_model
+    from medmamba.checkpoint import save_pretrained
+    from medmamba.serve import ENSEMBLE, Service, load_models
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("medmamba_t", num_classes=2, in_chans=1, depths=[1, 1], dims=[8, 16]).eval()
+        card = {"model": "medmamba_t", "model_args": {"depths": [1, 1], "dims": [8, 16]}, "num_classes": 2,
+                "in_chans": 1, "classes": ["malignant", "normal, benign"], "task": "binary-class", "img_size": 28}
+        save_pretrained(model, card, tmp_path / f"m{seed}")
+        runs.append(tmp_path / f"m{seed}")
+    uploads = tmp_path / "uploads"
+    (uploads / "a").mkdir(parents=True)
+    files = [shutil.copy(images / f"case{i}.png", uploads / "a") for i in range(2)]
+    service = Service(load_models(runs), uploads)
+    assert service.choices == ["m0", "m1", ENSEMBLE]
+    each = [service.predict(files, name).probabilities for name in ("m0", "m1")]
+    assert not np.allclose(each[0], each[1])
+    np.testing.assert_allclose(service.predict(files, ENSEMBLE).probabilities, (each[0] + each[1]) / 2, rtol=1e-6)

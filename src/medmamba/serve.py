@@ -65,8 +65,11 @@ def _card_markdown(name: str, source: Path, predictor) -> str:
 
 
 def _run_report(source: Path) -> Optional[dict]:
+    """The test report of the run a checkpoint belongs to (RUN/checkpoints/best/model.safetensors), if any."""
+    from .checkpoint import resolve_weights
     from .run_dir import RunDir
-    for candidate in (RunDir(source).eval_dir("test") / "report.json", source.parent.parent / "eval_test" / "report.json"):
+    run = RunDir(resolve_weights(source).parent.parent.parent)
+    for candidate in (run.eval_dir("test") / "report.json",):
         if candidate.is_file():
             try:
                 return json.loads(candidate.read_text())
@@ -121,8 +124,8 @@ class Service:
         return resolved
 
     def predict(self, files: Sequence[str], choice: Optional[str] = None):
-        """(PredictionResult-like rows, failures) for uploaded ``files``; an ensemble averages probabilities
-        as ``medmamba evaluate`` does."""
+        """A ``PredictionResult`` for uploaded ``files`` (unreadable ones in its ``failures``); an ensemble
+        averages the models' probabilities as ``medmamba evaluate`` does."""
         from .inference import PredictionResult, failure_reason
         members = self._members(choice)
         paths, failures = [], []
@@ -131,6 +134,7 @@ class Service:
                 paths.append(str(self.uploaded(f)))
             except MedMambaError as e:
                 failures.append((Path(f).name, str(e).split(": ", 1)[-1]))
+        import torch
         probs_per_model, good = [], None
         for member in members:
             p = member.predictor
@@ -143,7 +147,6 @@ class Service:
                     bad.append((Path(path).name, failure_reason(e, path).replace(path, Path(path).name)))
             if good is None:
                 good, failures = kept, failures + bad
-            import torch
             probs_per_model.append(p.predict_batch(torch.stack(batch)) if batch else
                                    np.zeros((0, len(p.classes))))
         first = members[0].predictor
@@ -166,7 +169,7 @@ class Service:
         return overlay(image, cam.maps[0].cpu(), alpha=float(opacity))
 
 
-def build_app(models: list[ServedModel], upload_dir: Path, max_file_mb: float = DEFAULT_MAX_FILE_MB):
+def build_app(models: list[ServedModel], upload_dir: Path):
     """The Gradio page: upload, predictions table, per-image probabilities and map, model card, CSV download."""
     gr = _gradio()
     service = Service(models, upload_dir)
@@ -272,7 +275,7 @@ def serve(checkpoints: Sequence[str | os.PathLike], host: str = "127.0.0.1", por
     models = load_models(checkpoints, device=device)
     upload_dir = Path(tempfile.mkdtemp(prefix="medmamba-serve-"))
     os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)   # uploads land here, and only here is read
-    demo = build_app(models, upload_dir, max_file_mb)
+    demo = build_app(models, upload_dir)
     # One request runs at a time (a model uses every core anyway); at most queue_size wait, the rest are
     # turned away at once rather than piling up in memory.
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
