@@ -52,3 +52,48 @@ def test_readme_says_how_to_install_a_cpu_only_torch():
     readme = (REPO / "README.md").read_text()
     head = readme.split("## ", 1)[0]
     assert "CPU-only" in head and "--index-url https://download.pytorch.org/whl/cpu" in head
+
+
+def _internal_imports() -> dict[str, set[str]]:
+    """module -> the package's modules it imports, at the top or inside functions (lazy imports count too:
+    a circle through them is still a circle in the design)."""
+    import ast
+    src = REPO / "src"
+    graph = {}
+    for path in (src / "medmamba").rglob("*.py"):
+        module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                names = [f"{target}.{a.name}" for a in node.names]
+                deps |= {n for n in names if (src / n.replace(".", "/")).with_suffix(".py").is_file()} or {target}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[module] = {d for d in deps if d.startswith("medmamba") and d != module}
+    return graph
+
+
+def test_the_import_graph_has_no_circle():
+    graph = _internal_imports()
+    assert "medmamba.ops.selective_scan" in graph and graph["medmamba.ops.scan_cpu"]
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == "open":
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = "done"
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
