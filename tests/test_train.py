@@ -428,6 +428,11 @@ def test_overfitting_warning_needs_rising_validation_and_falling_training_loss()
     assert [w for w in trainer.state.warnings if w.startswith("overfitting")] == [
         "overfitting: validation loss rose in each of epochs 3-7 (0.5000 -> 0.5500) while training loss fell "
         "(0.9000 -> 0.4000); consider fewer epochs, more augmentation or early_stopping"]
+    drifting = Trainer.__new__(Trainer)  # a rise of 2.5% while converged: no warning
+    drifting.data, drifting.state = trainer.data, TrainState()
+    for epoch, (t, v) in enumerate(zip(train_loss, [0.468, 0.469, 0.471, 0.474, 0.477, 0.479, 0.480]), 1):
+        drifting._watch(epoch, "raw", {"single_class_share": 0.6, "loss": v}, t)
+    assert drifting.state.warnings == []
     calm = Trainer.__new__(Trainer)
     calm.data, calm.state = trainer.data, TrainState()
     for epoch, (t, v) in enumerate(zip(train_loss, [0.5, 0.49, 0.5, 0.48, 0.49, 0.47, 0.48]), 1):

@@ -62,6 +62,7 @@ class EpochSampler(Sampler):
 
 
 OVERFIT_WINDOW = 5  # epochs of rising validation loss and falling training loss before a warning
+OVERFIT_RISE = 0.05  # ... by at least this fraction over the window: a converged model's drift is no overfitting
 ONE_CLASS_EPOCHS = 3  # consecutive epochs of one predicted class before a warning (early epochs often do it once)
 
 
@@ -345,7 +346,7 @@ class Trainer:
         self.state.history.append((train_loss, val["loss"]))
         h = self.state.history[-(OVERFIT_WINDOW + 1):]
         if len(h) == OVERFIT_WINDOW + 1 and not any(w.startswith("overfitting") for w in self.state.warnings):
-            val_rising = all(b[1] > a[1] for a, b in zip(h, h[1:]))
+            val_rising = all(b[1] > a[1] for a, b in zip(h, h[1:])) and h[-1][1] >= (1 + OVERFIT_RISE) * h[0][1]
             if val_rising and h[-1][0] < h[0][0]:
                 self._warn(f"overfitting: validation loss rose in each of epochs {epoch - OVERFIT_WINDOW + 1}-{epoch} "
                            f"({h[0][1]:.4f} -> {h[-1][1]:.4f}) while training loss fell ({h[0][0]:.4f} -> "
