@@ -221,3 +221,31 @@ def test_several_models_a_selector_and_their_ensemble(tmp_path, images):
     each = [service.predict(files, name).probabilities for name in ("m0", "m1")]
     assert not np.allclose(each[0], each[1])
     np.testing.assert_allclose(service.predict(files, ENSEMBLE).probabilities, (each[0] + each[1]) / 2, rtol=1e-6)
+
+
+def test_map_of_the_predicted_class_follows_the_cards_threshold(tmp_path, images):
+    import json
+
+    import torch
+
+    from medmamba import create_model
+    from medmamba.checkpoint import save_pretrained
+    from medmamba.serve import Service, load_models
+    torch.manual_seed(0)
+    model = create_model("medmamba_t", num_classes=2, in_chans=1, depths=[1, 1], dims=[8, 16]).eval()
+    card = {"model": "medmamba_t", "model_args": {"depths": [1, 1], "dims": [8, 16]}, "num_classes": 2,
+            "in_chans": 1, "classes": ["malignant", "normal, benign"], "task": "binary-class", "img_size": 28}
+    save_pretrained(model, card, tmp_path / "m")
+    uploads = tmp_path / "uploads"
+    (uploads / "a").mkdir(parents=True)
+    image = shutil.copy(images / "case0.png", uploads / "a")
+    service = Service(load_models([tmp_path / "m"]), uploads)
+    p_malignant = float(service.predict([image]).probabilities[0, 0])
+    maps = {}
+    for threshold, expected in ((0.0, "malignant"), (1.01, "normal, benign")):  # always / never malignant
+        (tmp_path / "m" / "model.json").write_text(json.dumps({**card, "threshold": threshold, "positive_class": 0}))
+        service = Service(load_models([tmp_path / "m"]), uploads)
+        assert service.predict([image]).predicted() == [expected]
+        maps[expected] = service.activation_map(image, None, "predicted", 0.5)
+        np.testing.assert_array_equal(maps[expected], service.activation_map(image, None, expected, 0.5))
+    assert 0 < p_malignant < 1 and not np.array_equal(maps["malignant"], maps["normal, benign"])

@@ -164,6 +164,11 @@ class Service:
         p = member.predictor
         image, x = p.read(str(self.uploaded(path)))
         k = None if target in (None, "", "predicted") else class_index(target, p.classes)
+        card = p.card
+        if k is None and card.threshold is not None and len(p.classes) == 2 and not p.multi_label:
+            # the class the page calls predicted: the card's operating point, not the argmax
+            positive = card.positive_class if card.positive_class is not None else 1
+            k = positive if p.predict_batch(x[None])[0, positive] >= card.threshold else 1 - positive
         cam = class_activation_map(p.model, x[None].to(p.device), target=k, multi_label=p.multi_label,
                                    temperature=p.card.temperature)
         return overlay(image, cam.maps[0].cpu(), alpha=float(opacity))
