@@ -4,7 +4,6 @@ Per class c (one-vs-rest): precision TP/(TP+FP), sensitivity TP/(TP+FN), specifi
 F1 = 2PR/(P+R) (0 where undefined); their macro averages over classes; overall accuracy; AUC; balanced
 accuracy (the macro sensitivity); average precision (PR-AUC, of the positive class for binary tasks, else
 the macro one-vs-rest mean). Multi-label tasks treat each label as its own binary problem at threshold 0.5.
-A binary ``threshold`` predicts class 1 when its probability reaches it instead of taking the argmax.
 """
 from __future__ import annotations
 
@@ -54,7 +53,7 @@ def _average_precision(y_true_binary: np.ndarray, score: np.ndarray) -> float:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "multi-class",
-                           class_names=None, threshold: float = 0.5, decision_threshold: float | None = None) -> dict:
+                           class_names=None, threshold: float = 0.5) -> dict:
     """Metrics of the MedMamba paper's table and MedMNIST's Evaluator.
 
     y_true: (N,) class indices, or (N, K) 0/1 for multi-label. probs: (N, K) softmax (or sigmoid) outputs.
@@ -77,8 +76,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
         macro_auc = medmnist_auc
     else:
         y_true = y_true.reshape(n).astype(int)
-        pred = (probs[:, 1] >= decision_threshold).astype(int) if decision_threshold is not None and k == 2 \
-            else probs.argmax(1)
+        pred = probs.argmax(1)
         cm = confusion_matrix(y_true, pred, labels=list(range(k)))
         tp, fp, fn, tn = per_class_counts(cm)
         accuracy = float((pred == y_true).mean())

@@ -31,10 +31,9 @@ def auc_rank(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def point_metrics(labels: np.ndarray, probs: np.ndarray, task: str, threshold: Optional[float] = None) -> dict:
+def point_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> dict:
     """The figures that get intervals, computed cheaply enough to repeat thousands of times. Macro averages
-    over classes (over labels for multi-label), AUC as ``metrics.classification_metrics`` defines it.
-    ``threshold``: binary tasks, class 1 predicted when its probability reaches it (default: the argmax)."""
+    over classes (over labels for multi-label), AUC as ``metrics.classification_metrics`` defines it."""
     probs = np.asarray(probs, dtype=np.float64)
     n, k = probs.shape
     if is_multi_label(task):
@@ -48,7 +47,7 @@ def point_metrics(labels: np.ndarray, probs: np.ndarray, task: str, threshold: O
         aucs = [auc_rank(y[:, c], probs[:, c]) for c in range(k)]
     else:
         y = np.asarray(labels).reshape(n).astype(int)
-        pred = (probs[:, 1] >= threshold).astype(int) if threshold is not None and k == 2 else probs.argmax(1)
+        pred = probs.argmax(1)
         cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
         tp = np.diag(cm).astype(np.float64)
         fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
@@ -90,31 +89,29 @@ def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float
 
 
 def bootstrap_intervals(labels, probs, task: str, n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
-                        threshold: Optional[float] = None,
                         metric_fn: Optional[Callable] = None) -> dict[str, tuple[float, float]]:
     """{metric: (low, high)}: ``level`` percentile intervals over stratified bootstrap resamples of the images."""
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
     labels, probs = np.asarray(labels), np.asarray(probs)
-    fn = metric_fn or (lambda y, p: point_metrics(y, p, task, threshold))
+    fn = metric_fn or (lambda y, p: point_metrics(y, p, task))
     draws = [fn(labels[i], probs[i]) for i in stratified_resamples(labels, n_resamples, seed, is_multi_label(task))]
     return {key: _percentile_interval(np.array([d[key] for d in draws], dtype=np.float64), level) for key in draws[0]}
 
 
 def paired_bootstrap(labels, probs_a, probs_b, task: str, n_resamples: int = 1000, seed: int = 0,
-                     level: float = 0.95, threshold_a: Optional[float] = None,
-                     threshold_b: Optional[float] = None) -> dict[str, dict]:
+                     level: float = 0.95) -> dict[str, dict]:
     """Per metric: the difference A - B on the test set, its ``level`` interval and a two-sided p-value, from
     the same resamples of images applied to both models (so what they have in common cancels out)."""
     labels, probs_a, probs_b = np.asarray(labels), np.asarray(probs_a), np.asarray(probs_b)
     if probs_a.shape != probs_b.shape or len(labels) != len(probs_a):
         raise ValueError(f"paired comparison needs predictions for the same images: {probs_a.shape} vs {probs_b.shape}")
-    observed_a = point_metrics(labels, probs_a, task, threshold_a)
-    observed_b = point_metrics(labels, probs_b, task, threshold_b)
+    observed_a = point_metrics(labels, probs_a, task)
+    observed_b = point_metrics(labels, probs_b, task)
     diffs = {key: [] for key in observed_a}
     for idx in stratified_resamples(labels, n_resamples, seed, is_multi_label(task)):
-        a = point_metrics(labels[idx], probs_a[idx], task, threshold_a)
-        b = point_metrics(labels[idx], probs_b[idx], task, threshold_b)
+        a = point_metrics(labels[idx], probs_a[idx], task)
+        b = point_metrics(labels[idx], probs_b[idx], task)
         for key in diffs:
             diffs[key].append(a[key] - b[key])
     out = {}
