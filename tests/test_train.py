@@ -222,6 +222,8 @@ def test_cli_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
         (["train", "--output", tmp_path / "o14", "--config", tmp_path / "absent.yaml"], "cannot read config"),
         (["evaluate", tmp_path / "nowhere"], "not a training output folder"),
         (["config", "ema=2"], "'ema': 2 is not allowed"),
+        (["train", "--output", tmp_path / "o15", *TINY, "positive_class=cancer"],
+         "'cancer' is neither a class name nor an index"),
     ]
     for args, message in cases:
         proc = cli(*args)

@@ -59,6 +59,11 @@ class ModelCard:
         return is_multi_label(self.task)
 
     @property
+    def positive(self) -> int:
+        """The class the threshold is on: ``positive_class``, or the second class when none was named."""
+        return 1 if self.positive_class is None else self.positive_class
+
+    @property
     def class_names(self) -> list[str]:
         return [str(c) for c in (self.classes or range(self.num_classes or 0))]
 

@@ -152,7 +152,7 @@ def _operating_point(args, runs, overrides, data, card):
     from .runs import run_outputs
     if args.sensitivity is None:
         if card is not None and card.threshold is not None:
-            return card.threshold, card.positive_class if card.positive_class is not None else 1
+            return card.threshold, card.positive
         return None, 1
     if data.task != "binary-class":
         raise MedMambaError(f"--sensitivity needs a binary task, not {data.task}")

@@ -212,5 +212,4 @@ class Predictor:
         return PredictionResult(paths=[paths[i] for i in done],
                                 probabilities=np.concatenate(probs) if probs else np.zeros((0, len(self.classes))),
                                 classes=self.classes, multi_label=self.multi_label, failures=failures,
-                                seconds=seconds, threshold=self.card.threshold,
-                                positive=self.card.positive_class if self.card.positive_class is not None else 1)
+                                seconds=seconds, threshold=self.card.threshold, positive=self.card.positive)

@@ -153,8 +153,7 @@ class Service:
         card = first.card if len(members) == 1 else None
         return PredictionResult(paths=good or [], probabilities=np.mean(probs_per_model, axis=0),
                                 classes=first.classes, multi_label=first.multi_label, failures=failures,
-                                threshold=card.threshold if card else None,
-                                positive=card.positive_class if card and card.positive_class is not None else 1)
+                                threshold=card.threshold if card else None, positive=card.positive if card else 1)
 
     def activation_map(self, path: str, choice: Optional[str], target: Optional[str], opacity: float) -> np.ndarray:
         """HiResCAM overlay of one uploaded image for class ``target`` (default: the prediction)."""
@@ -163,12 +162,11 @@ class Service:
         member = self._members(choice)[0]   # an ensemble's map is its first model's
         p = member.predictor
         image, x = p.read(str(self.uploaded(path)))
+        if target in (None, "", "predicted") and p.card.threshold is not None and not p.multi_label:
+            # the class the page calls predicted, decided as the predicted column decides it: the card's
+            # operating point, not the argmax
+            target = self.predict([path], choice).predicted()[0]
         k = None if target in (None, "", "predicted") else class_index(target, p.classes)
-        card = p.card
-        if k is None and card.threshold is not None and len(p.classes) == 2 and not p.multi_label:
-            # the class the page calls predicted: the card's operating point, not the argmax
-            positive = card.positive_class if card.positive_class is not None else 1
-            k = positive if p.predict_batch(x[None])[0, positive] >= card.threshold else 1 - positive
         cam = class_activation_map(p.model, x[None].to(p.device), target=k, multi_label=p.multi_label,
                                    temperature=p.card.temperature)
         return overlay(image, cam.maps[0].cpu(), alpha=float(opacity))
@@ -196,19 +194,16 @@ def build_app(models: list[ServedModel], upload_dir: Path):
         names = [Path(p).name for p in result.paths]
         state = list(zip(names, result.paths, [r.tolist() for r in result.probabilities], result.predicted()))
         shown = names[0] if names else None
-        label, predicted, overlay_image = _details(state, shown, choice, "predicted", 0.45)
+        label, predicted, overlay_image = details(state, shown, choice, "predicted", 0.45)
         return (rows, message, str(csv_path), gr.update(choices=names, value=shown), label, predicted, overlay_image,
                 state)
 
-    def _details(state, shown, choice, target, opacity):
+    def details(state, shown, choice, target, opacity):
         for name, path, probs, predicted in state or []:
             if name == shown:
                 image = service.activation_map(path, choice, target, opacity)
                 return dict(zip(first.classes, probs)), predicted, image
         return {}, "", None
-
-    def details(state, shown, choice, target, opacity):
-        return _details(state, shown, choice, target, opacity)
 
     def card(choice):
         members = service._members(choice)

@@ -129,6 +129,7 @@ class Trainer:
         # The test split is not built here: nothing chosen during training or calibration can see it.
         self.data = build_data(cfg, splits=("train", "val"))
         self.model = self._build_model()
+        self.positive = self._operating_point_class()
         if not resume:  # only now that data and model are built: a run that cannot start leaves nothing
             self._create_output()
         self.optimizer = build_optimizer(self.model, cfg)
@@ -171,6 +172,14 @@ class Trainer:
         if dist_utils.is_main():
             out.mkdir(parents=True, exist_ok=True)
             self.run.config.write_text(dump_config(self.cfg))
+
+    def _operating_point_class(self) -> int:
+        """The class ``sensitivity`` is about, checked against the data now rather than after training."""
+        cfg = self.cfg
+        if cfg["sensitivity"] is not None and self.data.task != "binary-class":
+            raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, "
+                                f"not {self.data.task}")
+        return 1 if cfg["positive_class"] is None else class_index(cfg["positive_class"], self.data.classes)
 
     def _build_model(self):
         cfg = self.cfg
@@ -451,13 +460,9 @@ class Trainer:
         if cfg["calibrate"]:
             card.temperature = fit_temperature(logits, labels, data.multi_label)
         if cfg["sensitivity"] is not None:
-            if data.task != "binary-class":
-                raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, "
-                                    f"not {data.task}")
-            positive = 1 if cfg["positive_class"] is None else class_index(cfg["positive_class"], data.classes)
             probs = probabilities_from_logits(torch.from_numpy(logits), False, card.temperature).numpy()
-            card.threshold = threshold_for_sensitivity(labels, probs, cfg["sensitivity"], positive)
-            card.positive_class = positive
+            card.threshold = threshold_for_sensitivity(labels, probs, cfg["sensitivity"], self.positive)
+            card.positive_class = self.positive
         if dist_utils.is_main() and self.run.weights("best").is_file():
             atomic_write_text(self.run.checkpoint("best") / "model.json", card.to_json())
         return card
@@ -481,7 +486,7 @@ class Trainer:
             warnings.append(f"the evaluated model predicts one class for every {split} image")
         report = assess(labels, probs, self.data.task, self.data.classes, uncalibrated=plain,
                         temperature=card.temperature, threshold=card.threshold,
-                        positive=card.positive_class if card.positive_class is not None else 1,
+                        positive=card.positive,
                         n_resamples=cfg["bootstrap"], seed=cfg["seed"], warnings=warnings)
         paths = {}
         if dist_utils.is_main():
