@@ -35,8 +35,9 @@ def probabilities(logits: np.ndarray, multi_label: bool, temperature: Optional[f
     return (sigmoid(scaled) if multi_label else softmax(scaled)).mean(0)
 
 
-def nll(labels, probs, multi_label: bool) -> float:
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+def nll(labels, probs, multi_label: bool, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood, probabilities clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
     y = np.asarray(labels)
     if multi_label:
         y = y.reshape(p.shape)

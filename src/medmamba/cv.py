@@ -24,7 +24,8 @@ def cross_validate(cfg: dict, output: str | os.PathLike, overwrite: bool = False
     """Train ``cfg`` once per fold (``data.folds`` of them) into ``output/fold<i>``; returns and writes
     (cv.json, cv.md) each fold's validation metrics of its best checkpoint and their mean and sd."""
     from .prediction import evaluate
-    from .train import Trainer, _nll
+    from .calibration import nll
+    from .train import VAL_LOSS_EPS, Trainer
     folds = cfg["data"]["folds"]
     if not folds:
         raise MedMambaError("cross-validation needs data.folds=K (K >= 2)")
@@ -42,7 +43,7 @@ def cross_validate(cfg: dict, output: str | os.PathLike, overwrite: bool = False
         metrics, labels, probs = evaluate(trainer.best_model(), trainer.data.splits["val"], trainer.data.task,
                                           trainer.data.classes, fold_cfg["eval_batch_size"], trainer.device,
                                           fold_cfg["amp"], tta=fold_cfg["tta"])
-        metrics["loss"] = _nll(labels, probs, trainer.data.multi_label)
+        metrics["loss"] = nll(labels, probs, trainer.data.multi_label, eps=VAL_LOSS_EPS)
         rows.append({"fold": fold, "n_val": int(len(labels)), "best_epoch": trainer.state.best_epoch,
                      "warnings": trainer.state.warnings, **{k: float(metrics[k]) for k in CV_METRICS}})
     summary = {k: {"mean": float(np.mean([r[k] for r in rows])),

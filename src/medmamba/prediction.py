@@ -24,15 +24,20 @@ def class_probabilities(logits: torch.Tensor, multi_label: bool, temperature: Op
     return torch.sigmoid(logits) if multi_label else logits.softmax(-1)
 
 
+def view_logits(model, x: torch.Tensor, tta: bool = False, device="cpu", amp: Optional[str] = None) -> torch.Tensor:
+    """float32 logits (views, batch, classes) of a batch and, with ``tta``, of its horizontal mirror."""
+    views = (x, x.flip(-1)) if tta else (x,)
+    out = []
+    for view in views:
+        with autocast(device, amp):
+            out.append(model(view).float())
+    return torch.stack(out)
+
+
 def model_probabilities(model, x: torch.Tensor, multi_label: bool, tta: bool = False, device="cpu",
                         amp: Optional[str] = None, temperature: Optional[float] = None) -> torch.Tensor:
     """Class probabilities of a batch; with ``tta`` averaged with those of the horizontal mirror images."""
-    views = (x, x.flip(-1)) if tta else (x,)
-    total = 0
-    for view in views:
-        with autocast(device, amp):
-            total = total + class_probabilities(model(view).float(), multi_label, temperature)
-    return total / len(views)
+    return probabilities_from_logits(view_logits(model, x, tta, device, amp), multi_label, temperature)
 
 
 def probabilities_from_logits(logits: torch.Tensor, multi_label: bool, temperature: Optional[float] = None):
@@ -59,12 +64,7 @@ def predict_logits(model, dataset, batch_size: int = 64, device="cpu", amp: Opti
     labels, logits = [], []
     for x, y in loader:
         x = x.to(device, non_blocking=True)
-        views = (x, x.flip(-1)) if tta else (x,)
-        batch = []
-        for view in views:
-            with autocast(device, amp):
-                batch.append(model(view).float())
-        logits.append(torch.stack(batch, 1).cpu())      # (images, views, classes): gathered along images
+        logits.append(view_logits(model, x, tta, device, amp).transpose(0, 1).cpu())  # gathered along images
         labels.append(y)
     labels = torch.cat(labels).numpy() if labels else np.zeros((0,))
     logits = torch.cat(logits).numpy() if logits else np.zeros((0, len((1, 2) if tta else (1,)), 0))

@@ -32,7 +32,7 @@ from .errors import MedMambaError, TrainingError
 from .models.timm_models import TIMM_PREFIX
 from .ops.selective_scan import resolve_backend
 from .optim import build_optimizer, lr_factor
-from .calibration import fit_temperature, single_class_share, threshold_for_sensitivity
+from .calibration import fit_temperature, nll, single_class_share, threshold_for_sensitivity
 from .card import ModelCard, class_index
 from .files import atomic_write_text
 from .prediction import evaluate, predict_logits, probabilities_from_logits
@@ -63,6 +63,7 @@ class EpochSampler(Sampler):
 
 OVERFIT_WINDOW = 5  # epochs of rising validation loss and falling training loss before a warning
 OVERFIT_RISE = 0.05  # ... by at least this fraction over the window: a converged model's drift is no overfitting
+VAL_LOSS_EPS = 1e-7  # the clipping the validation loss has always had (it chooses checkpoints with monitor=loss)
 ONE_CLASS_EPOCHS = 3  # consecutive epochs of one predicted class before a warning (early epochs often do it once)
 
 
@@ -322,7 +323,7 @@ class Trainer:
         metrics, labels, probs = evaluate(model or self.model, self.data.splits["val"], self.data.task,
                                           self.data.classes, self.cfg["eval_batch_size"], self.device,
                                           self.cfg["amp"], tta=self.cfg["tta"])
-        metrics["loss"] = float(_nll(labels, probs, self.data.multi_label))
+        metrics["loss"] = nll(labels, probs, self.data.multi_label, eps=VAL_LOSS_EPS)
         metrics["single_class_share"] = single_class_share(probs, self.data.multi_label)
         return metrics
 
@@ -495,14 +496,6 @@ class Trainer:
                                  f"({self.state.best_weights} weights)", self.data.name,
                                  extra={"checkpoint": str(self.run.weights("best")), "split": split, "tta": cfg["tta"]})
         return report, paths
-
-
-def _nll(labels, probs, multi_label):
-    eps = 1e-7
-    p = np.clip(probs, eps, 1 - eps)
-    if multi_label:
-        return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
-    return float(-np.log(p[np.arange(len(labels)), labels.astype(int)]).mean())
 
 
 def train(cfg: dict | str | None = None, output: str | os.PathLike = "runs/medmamba", overrides=(), resume=False,
