@@ -31,14 +31,35 @@ def run_dir(output: Path, dataset: str, model: str, seed: int) -> Path:
     return output / dataset / model.replace("/", "_") / f"seed{seed}"
 
 
+def record_path(results: Path, dataset: str, model: str, seed: int) -> Path:
+    return results / dataset / model.replace("/", "_") / f"seed{seed}.json"
+
+
+def best_validation(run: Path) -> dict:
+    """The epoch the run kept and its validation figures (metrics.jsonl), for the recipe's validation evidence."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    best = json.loads((run / "checkpoints" / "best" / "model.json").read_text()).get("epoch")
+    kept = next((r for r in rows if r.get("epoch") == best), rows[-1])
+    return {"best_epoch": best, "epochs": len(rows),
+            **{k: v for k, v in kept.items() if k.startswith("val_") and isinstance(v, (int, float))}}
+
+
 def train_one(dataset: str, model: str, seed: int, args) -> dict:
-    """Train (unless already done) and return the run's test figures and training time."""
+    """Train (unless already done) and return the run's record: test figures, training time, validation figures
+    of the kept checkpoint and the test probabilities. The record (a few tens of kB) is all the table needs, so
+    the results folder can be kept (committed) while the run folders with their checkpoints are thrown away."""
     from medmamba.config import load_config
+    from medmamba.files import atomic_write_text
+    from medmamba.runs import run_outputs
     from medmamba.train import train
+    record = record_path(Path(args.results), dataset, model, seed)
+    if record.is_file():
+        return json.loads(record.read_text())
     out = run_dir(Path(args.output), dataset, model, seed)
     report_path = out / "eval_test" / "report.json"
     timing = out / "benchmark_time.json"
     if not (report_path.is_file() and timing.is_file()):
+        _wait_while_paused(Path(args.results))
         cfg = load_config(args.config, [f"data.root={args.data_root}", f"data.medmnist={dataset}", f"model={model}",
                                         f"seed={seed}", *args.set])
         t0 = time.time()
@@ -46,27 +67,64 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
         timing.write_text(json.dumps({"train_and_test_s": time.time() - t0}))
     report = json.loads(report_path.read_text())
     m = report["metrics"]
-    return {"dataset": dataset, "model": model, "seed": seed, "accuracy": m["medmnist"]["acc"],
-            "auc": m["medmnist"]["auc"], "balanced_accuracy": m["balanced_accuracy"],
-            "ece": report["calibration"]["after"]["ece"],
-            "seconds": json.loads(timing.read_text())["train_and_test_s"], "run": str(out)}
+    outputs = run_outputs(str(out), "test", overrides=[f"data.root={args.data_root}"])
+    row = {"dataset": dataset, "model": model, "seed": seed, "accuracy": m["medmnist"]["acc"],
+           "auc": m["medmnist"]["auc"], "balanced_accuracy": m["balanced_accuracy"],
+           "ece": report["calibration"]["after"]["ece"],
+           "seconds": json.loads(timing.read_text())["train_and_test_s"], "run": str(out),
+           "config": json.loads(json.dumps(_resolved_config(out))), **best_validation(out),
+           "intervals": report.get("intervals"), "task": outputs.data.task, "classes": list(outputs.data.classes),
+           "labels": np.asarray(outputs.labels).tolist(), "probs": np.round(outputs.probs, 7).tolist(),
+           "plain": np.round(outputs.plain, 7).tolist()}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(row))
+    return row
+
+
+def _wait_while_paused(results: Path):
+    """A file PAUSE in the results folder holds the next run back (the machine is wanted quiet for a while);
+    pausing a run itself would put the pause into its training time."""
+    pause = results / "PAUSE"
+    if pause.exists():
+        print(f"{pause} exists: waiting", flush=True)
+        while pause.exists():
+            time.sleep(10)
+
+
+def _resolved_config(run: Path) -> dict:
+    import yaml
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def outputs_of(records: list[dict]):
+    """The seeds' ensemble (probabilities averaged) in the shape ``reports.compare_outputs`` reads."""
+    from types import SimpleNamespace
+    first = records[0]
+    for r in records[1:]:
+        if r["labels"] != first["labels"]:
+            raise SystemExit(f"error: {r['run']} was tested on other images than {first['run']}")
+    return SimpleNamespace(labels=np.array(first["labels"]),
+                           probs=np.mean([np.array(r["probs"]) for r in records], axis=0),
+                           plain=np.mean([np.array(r["plain"]) for r in records], axis=0),
+                           data=SimpleNamespace(name=first["dataset"], task=first["task"], classes=first["classes"]))
 
 
 def summarise(rows: list[dict], args) -> list[dict]:
     """mean +- sd per (dataset, model), and the paired comparison of seed ensembles with the reference."""
     from medmamba.reports import compare_outputs
-    from medmamba.runs import run_outputs
     table = []
     for dataset in args.datasets:
         outputs = {}
         for model in args.models:
             mine = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
+            if not mine:
+                continue
             entry = {"dataset": dataset, "model": model, "seeds": len(mine)}
-            for key in (*COLUMNS, "seconds"):
-                values = np.array([r[key] for r in mine], dtype=float)
+            for key in (*COLUMNS, "seconds", "val_auc", "val_loss", "best_epoch"):
+                values = np.array([r.get(key, math.nan) for r in mine], dtype=float)
                 entry[f"{key}_mean"] = float(values.mean())
                 entry[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            outputs[model] = run_outputs([r["run"] for r in mine], "test", overrides=[f"data.root={args.data_root}"])
+            outputs[model] = outputs_of(mine)
             table.append(entry)
         reference = outputs.get(args.reference)
         for entry in table:
@@ -108,6 +166,8 @@ def plot(rows: list[dict], args, path: Path):
     for ax, dataset in zip(axes, args.datasets):
         for i, model in enumerate(args.models):
             values = [r["auc"] for r in rows if r["dataset"] == dataset and r["model"] == model]
+            if not values:
+                continue
             ax.plot([i] * len(values), values, "o", alpha=0.6, color=f"C{i}")
             ax.errorbar([i + 0.15], [np.mean(values)], yerr=[np.std(values, ddof=1) if len(values) > 1 else 0],
                         fmt="s", color=f"C{i}", capsize=3)
@@ -128,19 +188,30 @@ def main(argv=None):
     parser.add_argument("--config", help="one recipe for every run (default: the package defaults)")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every run, key=value")
     parser.add_argument("--bootstrap", type=int, default=2000)
-    parser.add_argument("--output", default="runs/compare")
+    parser.add_argument("--output", default="runs/compare", help="run folders (checkpoints: large)")
+    parser.add_argument("--results", help="one small JSON record per run, and the table (default: --output)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: the table of the records already in --results")
     parser.add_argument("--progress", action="store_true", help="per-epoch progress of every run")
     args = parser.parse_args(argv)
-    out = Path(args.output)
+    args.results = args.results or args.output
+    out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds:
+                if args.table_only:
+                    record = record_path(out, dataset, model, seed)
+                    if record.is_file():
+                        rows.append(json.loads(record.read_text()))
+                    continue
                 rows.append(train_one(dataset, model, seed, args))
                 r = rows[-1]
                 print(f"{dataset} {model} seed {seed}: ACC {r['accuracy']:.4f} AUC {r['auc']:.4f} "
                       f"({r['seconds']:.0f} s)", flush=True)
+    if not rows:
+        raise SystemExit(f"error: no run records under {out}")
     table = summarise(rows, args)
     with open(out / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({k for e in table for k in e}))
@@ -148,7 +219,8 @@ def main(argv=None):
         writer.writerows(table)
     text = markdown(table, args.reference)
     (out / "table.md").write_text(text + "\n")
-    (out / "runs.json").write_text(json.dumps(rows, indent=1))
+    (out / "runs.json").write_text(json.dumps([{k: v for k, v in r.items() if k not in ("labels", "probs", "plain")}
+                                              for r in rows], indent=1))
     plot(rows, args, out / "table.png")
     print("\n" + text)
     print(f"\nwrote {out / 'table.csv'}, {out / 'table.md'}, {out / 'table.png'}")

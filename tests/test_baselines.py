@@ -1,6 +1,7 @@
 """A timm architecture through the same pipeline as MedMamba: train, evaluate, compare, predict, explain, export."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +113,23 @@ def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys)
     first = (out / "breastmnist" / "timm_resnet18" / "seed0" / "benchmark_time.json").read_text()
     bench.main(argv)  # a second call trains nothing again
     assert (out / "breastmnist" / "timm_resnet18" / "seed0" / "benchmark_time.json").read_text() == first
+
+    # The small records alone (no checkpoints) give the same table, ensembles and comparison included
+    import shutil
+
+    from medmamba.runs import run_outputs
+    records = tmp_path / "records"
+    shutil.copytree(out, records, ignore=lambda folder, names: [n for n in names if (Path(folder) / n).is_dir()
+                                                                 and n.startswith("seed")])
+    assert sorted(p.name for p in records.glob("breastmnist/*/seed*.json")) == ["seed0.json", "seed0.json",
+                                                                                 "seed1.json", "seed1.json"]
+    assert not list(records.rglob("*.safetensors"))
+    (records / "table.csv").unlink()
+    bench.main([*argv[:-len(overrides) - 1], "--results", str(records), "--table-only"])
+    assert list(csv.DictReader(open(records / "table.csv"))) == rows
+    seeds = [out / "breastmnist" / "timm_resnet10t" / f"seed{k}" for k in (0, 1)]
+    ensemble = run_outputs([str(s) for s in seeds], "test", overrides=[f"data.root={MEDMNIST}"])
+    from_records = bench.outputs_of([json.loads((records / "breastmnist" / "timm_resnet10t" / f"seed{k}.json")
+                                                .read_text()) for k in (0, 1)])
+    np.testing.assert_allclose(from_records.probs, ensemble.probs, atol=1e-6)
+    np.testing.assert_array_equal(from_records.labels, ensemble.labels)
