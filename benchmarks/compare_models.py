@@ -40,12 +40,15 @@ def best_validation(run: Path) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     best = json.loads((run / "checkpoints" / "best" / "model.json").read_text()).get("epoch")
     kept = next((r for r in rows if r.get("epoch") == best), rows[-1])
-    return {"best_epoch": best, "epochs": len(rows),
+    # The median epoch x epochs: a training time that a few epochs slowed by other work on the machine
+    # do not move (the wall time, "seconds", is kept beside it).
+    epoch_s = float(np.median([r["seconds"] for r in rows]))
+    return {"best_epoch": best, "epochs": len(rows), "epoch_s_median": epoch_s, "train_s": epoch_s * len(rows),
             **{k: v for k, v in kept.items() if k.startswith("val_") and isinstance(v, (int, float))}}
 
 
 def train_one(dataset: str, model: str, seed: int, args) -> dict:
-    """Train (unless already done) and return the run's record: test figures, training time, validation figures
+    """Train (unless already done, or --table-only) and return the run's record: test figures, training time, validation figures
     of the kept checkpoint and the test probabilities. The record (a few tens of kB) is all the table needs, so
     the results folder can be kept (committed) while the run folders with their checkpoints are thrown away."""
     from medmamba.config import load_config
@@ -53,12 +56,16 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     from medmamba.runs import run_outputs
     from medmamba.train import train
     record = record_path(Path(args.results), dataset, model, seed)
-    if record.is_file():
-        return json.loads(record.read_text())
     out = run_dir(Path(args.output), dataset, model, seed)
+    if record.is_file():
+        row = json.loads(record.read_text())
+        if "train_s" in row or not out.is_dir():  # records of an earlier version are rebuilt from their run
+            return row
     report_path = out / "eval_test" / "report.json"
     timing = out / "benchmark_time.json"
     if not (report_path.is_file() and timing.is_file()):
+        if args.table_only:
+            return None
         _wait_while_paused(Path(args.results))
         cfg = load_config(args.config, [f"data.root={args.data_root}", f"data.medmnist={dataset}", f"model={model}",
                                         f"seed={seed}", *args.set])
@@ -72,7 +79,7 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
            "auc": m["medmnist"]["auc"], "balanced_accuracy": m["balanced_accuracy"],
            "ece": report["calibration"]["after"]["ece"],
            "seconds": json.loads(timing.read_text())["train_and_test_s"], "run": str(out),
-           "config": json.loads(json.dumps(_resolved_config(out))), **best_validation(out),
+           "config": _resolved_config(out), "code": _code_version(), **best_validation(out),
            "intervals": report.get("intervals"), "task": outputs.data.task, "classes": list(outputs.data.classes),
            "labels": np.asarray(outputs.labels).tolist(), "probs": np.round(outputs.probs, 7).tolist(),
            "plain": np.round(outputs.plain, 7).tolist()}
@@ -89,6 +96,22 @@ def _wait_while_paused(results: Path):
         print(f"{pause} exists: waiting", flush=True)
         while pause.exists():
             time.sleep(10)
+
+
+def _code_version() -> str:
+    """The package version and the git commit the package was imported from (+ if its tree had changes)."""
+    import subprocess
+
+    import medmamba
+    src = Path(medmamba.__file__).parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True,
+                               text=True).stdout.strip()
+        return f"{medmamba.__version__} {commit}{'+' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        return medmamba.__version__
 
 
 def _resolved_config(run: Path) -> dict:
@@ -120,7 +143,7 @@ def summarise(rows: list[dict], args) -> list[dict]:
             if not mine:
                 continue
             entry = {"dataset": dataset, "model": model, "seeds": len(mine)}
-            for key in (*COLUMNS, "seconds", "val_auc", "val_loss", "best_epoch"):
+            for key in (*COLUMNS, "seconds", "train_s", "val_auc", "val_loss", "best_epoch"):
                 values = np.array([r.get(key, math.nan) for r in mine], dtype=float)
                 entry[f"{key}_mean"] = float(values.mean())
                 entry[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
@@ -155,7 +178,7 @@ def markdown(table: list[dict], reference: str) -> str:
         else:
             versus = "reference" if e["model"] == reference else ""
         lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {ms(e, 'accuracy')} | {ms(e, 'auc')} | "
-                     f"{ms(e, 'balanced_accuracy')} | {ms(e, 'ece')} | {ms(e, 'seconds', 0)} | {versus} |")
+                     f"{ms(e, 'balanced_accuracy')} | {ms(e, 'ece')} | {ms(e, 'train_s', 0)} | {versus} |")
     return "\n".join(lines)
 
 
@@ -191,22 +214,21 @@ def main(argv=None):
     parser.add_argument("--output", default="runs/compare", help="run folders (checkpoints: large)")
     parser.add_argument("--results", help="one small JSON record per run, and the table (default: --output)")
     parser.add_argument("--table-only", action="store_true",
-                        help="train nothing: the table of the records already in --results")
+                        help="train nothing: the table of the runs done (records in --results, or run folders in --output)")
     parser.add_argument("--progress", action="store_true", help="per-epoch progress of every run")
     args = parser.parse_args(argv)
     args.results = args.results or args.output
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    # seed by seed, every model for each, so that a benchmark stopped part-way compares equal numbers of seeds
     for dataset in args.datasets:
-        for model in args.models:
-            for seed in args.seeds:
-                if args.table_only:
-                    record = record_path(out, dataset, model, seed)
-                    if record.is_file():
-                        rows.append(json.loads(record.read_text()))
+        for seed in args.seeds:
+            for model in args.models:
+                row = train_one(dataset, model, seed, args)
+                if row is None:
                     continue
-                rows.append(train_one(dataset, model, seed, args))
+                rows.append(row)
                 r = rows[-1]
                 print(f"{dataset} {model} seed {seed}: ACC {r['accuracy']:.4f} AUC {r['auc']:.4f} "
                       f"({r['seconds']:.0f} s)", flush=True)
