@@ -118,17 +118,38 @@ def test_float64_against_direct_recurrence_and_gradcheck():
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7)
 
 
+def _laid_out(t, channels_last):
+    """t's values, in memory pixel-major (channels last) when asked: the layout SS2D gives the scan."""
+    if not channels_last:
+        return t
+    if t.dim() == 4:  # (b, c, h, w) held as (b, h, w, c)
+        return t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    return t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)  # (b, k, c, h, w) held as (b, h, w, k, c)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("height,width,dim", [(1, 1, 5), (3, 5, 5), (8, 8, 5), (7, 2, 5), (9, 11, 70)])
-def test_cross_scan_fused_matches_composed_reference(monkeypatch, height, width, dim):
+def test_cross_scan_fused_matches_composed_reference(monkeypatch, height, width, dim, channels_last):
     from medmamba.ops import scan_cpu
     monkeypatch.setattr(scan_cpu, "BLOCK_ROWS", 32)  # dim 70: blocks of 32, 32 and 6 channels
     g = torch.Generator().manual_seed(height * 10 + width)
     batch, n = 2, 16
-    x = torch.randn(batch, dim, height, width, generator=g).requires_grad_()
-    delta = (torch.randn(batch, 4, dim, height, width, generator=g) * 0.5).requires_grad_()
+
+    def r(*shape, scale=1.0):
+        return _laid_out(torch.randn(*shape, generator=g) * scale, channels_last).requires_grad_()
+    x = r(batch, dim, height, width)
+    delta = r(batch, 4, dim, height, width, scale=0.5)
     A = (-torch.rand(4 * dim, n, generator=g) * 3).requires_grad_()
-    B = torch.randn(batch, 4, n, height, width, generator=g).requires_grad_()
-    C = torch.randn(batch, 4, n, height, width, generator=g).requires_grad_()
+    B = r(batch, 4, n, height, width)
+    C = r(batch, 4, n, height, width)
+    if channels_last and height * width > 1:
+        # SS2D's layout reaches the kernel as views of the same memory, not copies, and y comes back in it
+        from medmamba.ops.scan_reference import pixel_rows
+        assert [t.data_ptr() for t in pixel_rows(x, delta, B, C)] == [t.data_ptr() for t in (x, delta, B, C)]
+        assert all(t.is_contiguous() for t in pixel_rows(x, delta, B, C))
+        with torch.no_grad():
+            y = cross_selective_scan(x, delta, A, B, C, delta_softplus=True, backend="cpu")
+        assert y.permute(0, 2, 3, 1).is_contiguous()
     D = torch.randn(4 * dim, generator=g).requires_grad_()
     bias = torch.randn(4 * dim, generator=g).requires_grad_()
     leaves = [x, delta, A, B, C, D, bias]
@@ -154,3 +175,16 @@ def test_torch_thread_setting_survives_the_kernels():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_prediction_before_training_in_the_same_process():
+    """The kernel's cached scan orders, first made under torch.inference_mode, must still serve a backward."""
+    from medmamba.ops import scan_cpu
+    scan_cpu._cross_orders.cache_clear()
+    x = torch.randn(1, 3, 5, 6)
+    args = (torch.randn(1, 4, 3, 5, 6), -torch.rand(12, 2), torch.randn(1, 4, 2, 5, 6), torch.randn(1, 4, 2, 5, 6))
+    with torch.inference_mode():
+        cross_selective_scan(x, *args, backend="cpu")
+    x.requires_grad_()
+    cross_selective_scan(x, *args, backend="cpu").sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

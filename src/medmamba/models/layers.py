@@ -30,3 +30,9 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave the channel groups of a channels-last tensor (ShuffleNet), so the two branches mix."""
     *lead, channels = x.shape
     return x.view(*lead, groups, channels // groups).transpose(-1, -2).reshape(*lead, channels)
+
+
+def concat_shuffle(*branches: torch.Tensor) -> torch.Tensor:
+    """``channel_shuffle(torch.cat(branches, -1), len(branches))`` for equal channels-last branches, written
+    once instead of twice: channel g + k * groups is channel k of branch g."""
+    return torch.stack(branches, dim=-1).flatten(-2)

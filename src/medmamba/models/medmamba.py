@@ -18,7 +18,7 @@ from ..ops.scan_reference import compute_dtype
 from ..ops.selective_scan import cross_selective_scan
 from ._builder import build_model_with_cfg
 from ._registry import register_model
-from .layers import DropPath, channel_shuffle
+from .layers import DropPath, concat_shuffle
 
 __all__ = ["MedMamba", "MedMambaFeatures", "PatchEmbed2D", "PatchMerging2D", "SS2D", "SS_Conv_SSM", "VSSLayer",
            "checkpoint_filter_fn", "medmamba_t", "medmamba_s", "medmamba_b"]
@@ -107,19 +107,32 @@ class SS2D(nn.Module):
         self.Ds._no_weight_decay = True
 
     def selective_scan_2d(self, x):
-        """x: (B, d_inner, H, W) -> sum of the four directions' scans, (B, d_inner, H, W), float32/64."""
-        # Delta, B and C are position-wise projections, so they are computed on the pixel grid and the
-        # scan reads them in each direction's order: no scanned copies of the map are made here.
-        proj = torch.einsum("bdhw,kcd->bkchw", x, self.x_proj_weight)
-        dt, B, C = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        dt = torch.einsum("bkrhw,kdr->bkdhw", dt, self.dt_projs_weight)
+        """x: (B, d_inner, H, W) -> sum of the four directions' scans, (B, d_inner, H, W), float32/64.
+
+        Delta, B and C are position-wise projections of x, one per direction k, computed on the pixel grid:
+        the scan reads them in each direction's order, so no scanned copies of the map are made. They are
+        computed channels last (x is, coming from SS2D's convolution), the layout the CPU kernel reads.
+        """
+        k, r, n = NUM_DIRECTIONS, self.dt_rank, self.d_state
+        pixels = x.permute(0, 2, 3, 1)                                       # (B, H, W, d): a view
+        w = self.x_proj_weight                                               # (k, r + 2n, d)
+        dt = F.linear(pixels, w[:, :r].flatten(0, 1))                        # (B, H, W, k*r)
+        B = F.linear(pixels, w[:, r:r + n].flatten(0, 1)).unflatten(-1, (k, n))
+        C = F.linear(pixels, w[:, r + n:].flatten(0, 1)).unflatten(-1, (k, n))
+        # Delta_k = W_k dt_k for every direction at once: one GEMM with the block-diagonal of the W_k.
+        dt = F.linear(dt, torch.block_diag(*self.dt_projs_weight)).unflatten(-1, (k, self.d_inner))
         A = -torch.exp(self.A_logs.to(compute_dtype(x.dtype)))
-        return cross_selective_scan(x, dt, A, B, C, D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
+        return cross_selective_scan(x, dt.permute(0, 3, 4, 1, 2), A, B.permute(0, 3, 4, 1, 2),
+                                    C.permute(0, 3, 4, 1, 2), D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
                                     delta_softplus=True, backend=self.scan_backend)
 
     def forward(self, x):
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        # in_proj as two products, so x and z each come out contiguous (chunking one output would leave
+        # both strided, and the depthwise conv and the gate would each copy them)
+        w, bias = self.in_proj.weight, self.in_proj.bias
+        x, z = (F.linear(x, wi, bi) for wi, bi in zip(w.chunk(2), bias.chunk(2) if bias is not None else (None, None)))
+        # channels last all the way: the conv keeps the NHWC memory it is given, the scan returns it
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))
         y = self.selective_scan_2d(x).permute(0, 2, 3, 1)
         y = self.out_norm(y.to(self.out_norm.weight.dtype)) * F.silu(z)
         return self.dropout(self.out_proj(y))
@@ -153,8 +166,7 @@ class SS_Conv_SSM(nn.Module):  # noqa: N801 (official name, kept for readers com
         ssm_out = self.drop_path(self.self_attention(self.ln_1(ssm_in)))
         # channels_last memory is the NHWC tensor itself: the conv branch needs no transposed copy back.
         conv_out = self.conv33conv33conv11(conv_in.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
-        out = torch.cat([conv_out.permute(0, 2, 3, 1), ssm_out], dim=-1)
-        return channel_shuffle(out, groups=2) + x
+        return concat_shuffle(conv_out.permute(0, 2, 3, 1), ssm_out) + x
 
 
 class VSSLayer(nn.Module):

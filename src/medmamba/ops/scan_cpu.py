@@ -1,10 +1,14 @@
 """Fused CPU selective scan (numba), forward and backward; tested against ``selective_scan_reference``.
 
 One kernel serves both entry points. A *row* is one (channel, direction) sequence; it reads its input
-channel ``u[b, row % Du]`` and its group's B and C at the pixel ``order[group, step]``, so SS2D's four
-scan directions are read straight from the (B, D, H, W) map and merged in place:
+channel ``u[b, :, row % Du]`` and its group's B and C at the pixel ``order[group, step]``, so SS2D's four
+scan directions are read straight from the map and merged in place. Every tensor is pixel-major,
+channels last: u and y (batch, L, Du), delta (batch, L, rows), B and C (batch, L, groups, N). That is the
+layout SS2D's linear projections produce and its LayerNorm reads, so the model makes no transposed copy
+around the scan, and the kernel's own transposes into (L, rows) blocks read whole rows of memory.
 
-* ``selective_scan_cpu``: mamba_ssm's 1-D layout, one row per channel, identity order.
+* ``selective_scan_cpu``: mamba_ssm's 1-D layout (transposed on the way in and out), one row per
+  channel, identity order.
 * ``cross_selective_scan_cpu``: 4 rows per channel (one per direction, each its own group), output summed.
 
 Speed notes. The SIMD lanes are rows, not the N states: a block of up to BLOCK_ROWS rows of one group is
@@ -32,7 +36,7 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
 from .cross_scan import NUM_DIRECTIONS, scan_order
-from .scan_reference import compute_dtype, finish_scan, fold_rows, fused_rows
+from .scan_reference import compute_dtype, finish_scan, pixel_rows
 
 BLOCK_ROWS = 64  # rows per block, the SIMD lanes of every inner loop; fewer when that leaves threads idle
 SEGMENT = 64  # steps rebuilt at a time in the backward
@@ -118,25 +122,18 @@ def _softplus_tail_impl(v):
 
 
 @njit(inline="always", **_JIT)
-def _step_sizes(delta_row, bias, softplus, out):
-    """out = softplus(delta_row + bias) (or delta_row + bias), one row at a time so no (batch, rows, L)
-    tensor of step sizes is ever allocated; vectorised (torch's scalar softplus costs 6 ns an element)."""
-    zero = delta_row.dtype.type(0.0)
+def _step_size(v, zero, softplus):
+    """softplus(v) (or v) without overflow; vectorisable (torch's scalar softplus costs 6 ns an element).
+    ``zero`` carries the dtype, so float32 stays float32."""
     if softplus:
-        for i in range(delta_row.shape[0]):
-            v = delta_row[i] + bias
-            out[i] = (v if v > zero else zero) + _softplus_tail(v)
-    else:
-        for i in range(delta_row.shape[0]):
-            out[i] = delta_row[i] + bias
+        return (v if v > zero else zero) + _softplus_tail(v)
+    return v
 
 
 @njit(inline="always", **_JIT)
-def _times_softplus_grad(delta_row, bias, grad_row):
-    """grad_row *= d softplus(delta + bias) / d delta = sigmoid(delta + bias)."""
-    one = delta_row.dtype.type(1.0)
-    for i in range(delta_row.shape[0]):
-        grad_row[i] *= one / (one + _exp(-(delta_row[i] + bias)))
+def _sigmoid(v, one):
+    """d softplus(v) / dv."""
+    return one / (one + _exp(-v))
 
 
 @njit(inline="always", **_JIT)
@@ -150,21 +147,23 @@ def _block_layout(n_u, n_rows, groups, rows):
 
 
 @njit(inline="always", **_JIT)
-def _transpose_in(src, c0, out):
-    """out[p, r] = src[c0 + r, p]: a block of rows with the rows side by side, the SIMD lanes."""
-    for r in range(out.shape[1]):
-        row = src[c0 + r]
-        for p in range(out.shape[0]):
-            out[p, r] = row[p]
+def _columns_in(src, c0, out):
+    """out[p, r] = src[p, c0 + r]: a block of rows with the rows side by side, the SIMD lanes."""
+    for p in range(out.shape[0]):
+        row = src[p]
+        for r in range(out.shape[1]):
+            out[p, r] = row[c0 + r]
 
 
 @njit(inline="always", **_JIT)
-def _step_sizes_in(delta, bias, row0, softplus, tmp, out):
-    """out[p, r] = softplus(delta[row0 + r, p] + bias[row0 + r]) (or without softplus)."""
-    for r in range(out.shape[1]):
-        _step_sizes(delta[row0 + r], bias[row0 + r], softplus, tmp)
-        for p in range(out.shape[0]):
-            out[p, r] = tmp[p]
+def _step_sizes_in(delta, bias, row0, softplus, out):
+    """out[p, r] = softplus(delta[p, row0 + r] + bias[row0 + r]) (or without softplus): no (batch, L, rows)
+    tensor of step sizes is ever allocated."""
+    zero = out.dtype.type(0.0)
+    for p in range(out.shape[0]):
+        row, o = delta[p], out[p]
+        for r in range(out.shape[1]):
+            o[r] = _step_size(row[row0 + r] + bias[row0 + r], zero, softplus)
 
 
 @njit(inline="always", **_JIT)
@@ -181,15 +180,15 @@ def _state_step(b_p, c_p, dts, xs, aT, h, ys):
 
 @njit(parallel=True, **_JIT)
 def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
-    """y[b, c, p] = sum over the rows reading channel c of that row's scan output at pixel p, + D x.
+    """y[b, p, c] = sum over the rows reading channel c of that row's scan output at pixel p, + D x.
 
     A task owns one block of channels of one batch element and all their rows, direction by direction,
     so no two tasks write the same y. Unless ``starts`` is empty, the state at the start of every
     SEGMENT steps is kept there for the backward, (batch, rows, segments, N): a few KB a row.
     """
-    batch, n_u, length = u.shape
+    batch, length, n_u = u.shape
     n_rows, n_state = A.shape
-    groups = Bs.shape[1]
+    groups = Bs.shape[2]
     rows_per_group = n_rows // groups
     per_channel = n_rows // n_u
     span, per_span = _block_layout(n_u, n_rows, groups, rows)
@@ -205,16 +204,15 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
         xT = np.empty((length, nr), u.dtype)
         dtT = np.empty((length, nr), u.dtype)
         yT = np.zeros((length, nr), u.dtype)
-        tmp = np.empty(length, u.dtype)
         aT = np.empty((n_state, nr), u.dtype)
         h = np.empty((n_state, nr), u.dtype)
         d_sum = np.zeros(nr, u.dtype)
-        _transpose_in(u[b], c0, xT)
+        _columns_in(u[b], c0, xT)
         for direction in range(per_channel):
             row0 = direction * n_u + c0
             g = row0 // rows_per_group
-            b_rows, c_rows, order_g = Bs[b, g], Cs[b, g], order[g]
-            _step_sizes_in(delta[b], bias, row0, softplus, tmp, dtT)
+            order_g = order[g]
+            _step_sizes_in(delta[b], bias, row0, softplus, dtT)
             for r in range(nr):
                 d_sum[r] += D[row0 + r]
                 for n in range(n_state):
@@ -227,11 +225,11 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
                             starts[b, row0 + r, seg, n] = h[n, r]
                 for step in range(seg * SEGMENT, min((seg + 1) * SEGMENT, length)):
                     p = order_g[step]
-                    _state_step(b_rows[p], c_rows[p], dtT[p], xT[p], aT, h, yT[p])
-        for r in range(nr):
-            y_row = y[b, c0 + r]
-            for p in range(length):
-                y_row[p] = yT[p, r] + d_sum[r] * xT[p, r]
+                    _state_step(Bs[b, p, g], Cs[b, p, g], dtT[p], xT[p], aT, h, yT[p])
+        for p in range(length):
+            y_p, y_t, x_t = y[b, p], yT[p], xT[p]
+            for r in range(nr):
+                y_p[c0 + r] = y_t[r] + d_sum[r] * x_t[r]
 
 
 # The backward's per-step work is split into loops over the block's rows that each touch few arrays:
@@ -294,21 +292,20 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
     The reverse sweep rebuilds one SEGMENT of states at a time from the segment starts the forward kept,
     instead of storing all (batch, rows, L, N) of them.
     """
-    batch, n_u, length = u.shape
+    batch, length, n_u = u.shape
     n_rows, n_state = A.shape
-    groups = Bs.shape[1]
+    groups = Bs.shape[2]
     rows_per_group = n_rows // groups
     span, per_span = _block_layout(n_u, n_rows, groups, rows)
     n_blocks = (rows_per_group // span) * per_span
     n_segments = (length + SEGMENT - 1) // SEGMENT
-    zero = u.dtype.type(0.0)
+    one = u.dtype.type(1.0)
     for task in prange(batch * groups * n_chunks):
         b = task // (groups * n_chunks)
         g = (task // n_chunks) % groups
         chunk = task % n_chunks
         dB, dC = dB_p[b, g, chunk], dC_p[b, g, chunk]
-        b_rows, c_rows, order_g = Bs[b, g], Cs[b, g], order[g]
-        tmp = np.empty(length, u.dtype)
+        order_g = order[g]
         for block in range((chunk * n_blocks) // n_chunks, ((chunk + 1) * n_blocks) // n_chunks):
             first = g * rows_per_group + (block // per_span) * span
             row0 = first + (block % per_span) * rows
@@ -326,12 +323,13 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
             ghs = np.empty((SEGMENT, n_state, nr), u.dtype)
             carry = np.zeros((n_state, nr), u.dtype)
             dA_acc = np.zeros((n_state, nr), u.dtype)
+            dD_acc = np.zeros(nr, u.dtype)
             gda = np.empty(nr, u.dtype)
             gb = np.empty(nr, u.dtype)
             ga = np.empty(nr, u.dtype)
-            _transpose_in(u[b], c0, xT)
-            _transpose_in(dy[b], c0, dyT)
-            _step_sizes_in(delta[b], bias, row0, softplus, tmp, dtT)
+            _columns_in(u[b], c0, xT)
+            _columns_in(dy[b], c0, dyT)
+            _step_sizes_in(delta[b], bias, row0, softplus, dtT)
             for r in range(nr):
                 for n in range(n_state):
                     aT[n, r] = A[row0 + r, n]
@@ -343,37 +341,31 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
                         h0[n, r] = starts_all[b, row0 + r, seg, n]
                 for k in range(stop - start):
                     p = order_g[start + k]
-                    _recompute_step(b_rows[p], dtT[p], xT[p], aT, hs[k - 1] if k > 0 else h0, hs[k], das[k])
+                    _recompute_step(Bs[b, p, g], dtT[p], xT[p], aT, hs[k - 1] if k > 0 else h0, hs[k], das[k])
                 for k in range(stop - start - 1, -1, -1):
                     p = order_g[start + k]
-                    _carry_step(c_rows[p], dyT[p], das[k], carry, ghs[k])
+                    _carry_step(Cs[b, p, g], dyT[p], das[k], carry, ghs[k])
                 for k in range(stop - start):
                     p = order_g[start + k]
                     dts, xs, gys = dtT[p], xT[p], dyT[p]
-                    _step_grads(b_rows[p], dts, xs, gys, aT, hs[k - 1] if k > 0 else h0, hs[k], das[k], ghs[k],
+                    _step_grads(Bs[b, p, g], dts, xs, gys, aT, hs[k - 1] if k > 0 else h0, hs[k], das[k], ghs[k],
                                 dB[p], dC[p], gda, gb, ga, dA_acc)
                     du_p, dd_p = duT[p], ddT[p]
                     for r in range(nr):
                         du_p[r] = gb[r] * dts[r]
                         dd_p[r] = gb[r] * xs[r] + ga[r]
+            for p in range(length):
+                du_out, dd_out, d_in = du_rows[b, p], ddelta[b, p], delta[b, p]
+                gys, xs, dus, dds = dyT[p], xT[p], duT[p], ddT[p]
+                for r in range(nr):
+                    row = row0 + r
+                    dD_acc[r] += gys[r] * xs[r]
+                    du_out[row] = D[row] * gys[r] + dus[r]
+                    dd_out[row] = dds[r] * _sigmoid(d_in[row] + bias[row], one) if softplus else dds[r]
             for r in range(nr):
-                row = row0 + r
-                dD = zero
-                du_row, dd_row = du_rows[b, row], ddelta[b, row]
-                for p in range(length):
-                    dD += dyT[p, r] * xT[p, r]
-                    du_row[p] = D[row] * dyT[p, r] + duT[p, r]
-                    dd_row[p] = ddT[p, r]
-                if softplus:
-                    _times_softplus_grad(delta[b, row], bias[row], dd_row)
-                dD_b[b, row] = dD
+                dD_b[b, row0 + r] = dD_acc[r]
                 for n in range(n_state):
-                    dA_b[b, row, n] = dA_acc[n, r]
-
-
-def _state_layout(t: torch.Tensor) -> torch.Tensor:
-    """(batch, groups, N, L) -> (batch, groups, L, N) contiguous: the N values of a pixel adjacent."""
-    return t.transpose(-1, -2).contiguous()
+                    dA_b[b, row0 + r, n] = dA_acc[n, r]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -404,31 +396,31 @@ def _block_rows(batch: int, n_u: int, n_rows: int, groups: int, threads: int) ->
 
 
 class _FusedScan(torch.autograd.Function):
-    """u: (batch, Du, L); delta: (batch, rows, L); A: (rows, N); B, C: (batch, groups, N, L) in pixel
-    order; D, bias: (rows,); order: (groups, L) int32. Returns (batch, Du, L): each channel's rows summed."""
+    """Pixel-major: u (batch, L, Du); delta (batch, L, rows); A (rows, N); B, C (batch, L, groups, N);
+    D, bias (rows,); order (groups, L) int32. Returns (batch, L, Du): each channel's rows summed."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, bias, order, softplus):
-        Bs, Cs = _state_layout(B), _state_layout(C)
         y = torch.empty_like(u)
-        n_segments = -(-u.shape[2] // SEGMENT)
-        shape = (u.shape[0], delta.shape[1], n_segments, A.shape[1]) if any(ctx.needs_input_grad) else (0, 0, 0, 0)
+        batch, length, n_u = u.shape
+        n_segments = -(-length // SEGMENT)
+        shape = (batch, delta.shape[2], n_segments, A.shape[1]) if any(ctx.needs_input_grad) else (0, 0, 0, 0)
         starts = torch.empty(shape, dtype=u.dtype)
         with _torch_threads() as threads:
-            rows = _block_rows(u.shape[0], u.shape[1], delta.shape[1], B.shape[1], threads)
-            _scan_fwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), softplus, _np(order), rows,
+            rows = _block_rows(batch, n_u, delta.shape[2], B.shape[2], threads)
+            _scan_fwd(_np(u), _np(delta), _np(A), _np(B), _np(C), _np(D), _np(bias), softplus, _np(order), rows,
                       _np(y), _np(starts))
-        ctx.save_for_backward(u, delta, A, Bs, Cs, D, bias, order, starts)
+        ctx.save_for_backward(u, delta, A, B, C, D, bias, order, starts)
         ctx.softplus = softplus
         ctx.rows = rows
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, Bs, Cs, D, bias, order, starts = ctx.saved_tensors
-        batch, n_u, length = u.shape
+        u, delta, A, B, C, D, bias, order, starts = ctx.saved_tensors
+        batch, length, n_u = u.shape
         n_rows, n_state = A.shape
-        groups = Bs.shape[1]
+        groups = B.shape[2]
         du_rows = torch.empty_like(delta)
         ddelta = torch.empty_like(delta)
         dA_b = torch.empty(batch, n_rows, n_state, dtype=u.dtype)
@@ -440,41 +432,51 @@ class _FusedScan(torch.autograd.Function):
             n_chunks = max(1, min(n_blocks, -(-2 * threads // (batch * groups))))
             dB_p = torch.zeros(batch, groups, n_chunks, length, n_state, dtype=u.dtype)
             dC_p = torch.zeros_like(dB_p)
-            _scan_bwd(_np(u), _np(delta), _np(A), _np(Bs), _np(Cs), _np(D), _np(bias), ctx.softplus, _np(order),
+            _scan_bwd(_np(u), _np(delta), _np(A), _np(B), _np(C), _np(D), _np(bias), ctx.softplus, _np(order),
                       ctx.rows, _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b),
                       _np(dD_b), _np(dB_p), _np(dC_p))
-        du = fold_rows(du_rows, n_u)
-        dB = dB_p.sum(2).transpose(-1, -2)
-        dC = dC_p.sum(2).transpose(-1, -2)
-        return du, ddelta, dA_b.sum(0), dB, dC, dD_b.sum(0), ddelta.sum((0, 2)), None, None
+        # every row reads channel row % Du, so the rows of a channel (one per direction) add up
+        du = du_rows.view(batch, length, n_rows // n_u, n_u).sum(2) if n_rows != n_u else du_rows
+        dB = dB_p.sum(2).transpose(1, 2)
+        dC = dC_p.sum(2).transpose(1, 2)
+        return du, ddelta, dA_b.sum(0), dB, dC, dD_b.sum(0), ddelta.sum((0, 1)), None, None
 
 
 def _run(u, delta, A, B, C, D, delta_bias, order, softplus):
+    """The kernel on pixel-major u (batch, L, Du), delta (batch, L, rows), B, C (batch, L, groups, N)."""
     ct = compute_dtype(u.dtype)
-    rows = delta.shape[1]
+    rows = delta.shape[2]
     D = u.new_zeros(rows, dtype=ct) if D is None else D
     delta_bias = u.new_zeros(rows, dtype=ct) if delta_bias is None else delta_bias
     args = [t.to(ct).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
     return _FusedScan.apply(*args, order, bool(softplus))
 
 
+# The orders are cached, and made outside inference mode: one made under torch.inference_mode (a first
+# prediction) could not be saved for a later backward (training in the same process).
 @lru_cache(maxsize=64)
 def _cross_orders(height: int, width: int) -> torch.Tensor:
-    return torch.stack([scan_order(k, height, width) for k in range(NUM_DIRECTIONS)]).to(torch.int32)
+    with torch.inference_mode(False):
+        return torch.stack([scan_order(k, height, width) for k in range(NUM_DIRECTIONS)]).to(torch.int32)
 
 
 @lru_cache(maxsize=64)
 def _identity_orders(groups: int, length: int) -> torch.Tensor:
-    return torch.arange(length, dtype=torch.int32).expand(groups, length).contiguous()
+    with torch.inference_mode(False):
+        return torch.arange(length, dtype=torch.int32).expand(groups, length).contiguous()
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """``selective_scan`` on CPU tensors: same arguments and result as the reference."""
-    y = _run(u, delta, A, B, C, D, delta_bias, _identity_orders(B.shape[1], u.shape[2]), delta_softplus)
-    return finish_scan(y, u, None, z, u.dtype)  # D is added in the kernel
+    y = _run(u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 3, 1, 2), C.permute(0, 3, 1, 2), D,
+             delta_bias, _identity_orders(B.shape[1], u.shape[2]), delta_softplus)
+    return finish_scan(y.transpose(1, 2), u, None, z, u.dtype)  # D is added in the kernel
 
 
 def cross_selective_scan_cpu(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """``cross_selective_scan`` on CPU tensors, the four directions fused in one kernel call."""
-    u, delta, B, C = fused_rows(x, delta, B, C)
-    return _run(u, delta, A, B, C, D, delta_bias, _cross_orders(*x.shape[-2:]), delta_softplus).view(x.shape)
+    """``cross_selective_scan`` on CPU tensors, the four directions fused in one kernel call. Returns
+    (batch, dim, H, W) laid out channels last; inputs that already are (as SS2D makes them) are not copied."""
+    u, delta, B, C = pixel_rows(x, delta, B, C)
+    batch, dim, height, width = x.shape
+    y = _run(u, delta, A, B, C, D, delta_bias, _cross_orders(height, width), delta_softplus)
+    return y.view(batch, height, width, dim).permute(0, 3, 1, 2)

@@ -105,6 +105,18 @@ def fused_rows(x, delta, B, C):
             B.reshape(batch, NUM_DIRECTIONS, -1, length), C.reshape(batch, NUM_DIRECTIONS, -1, length))
 
 
+def pixel_rows(x, delta, B, C):
+    """SS2D's inputs pixel-major, as the fused CPU kernel reads them: (batch, L, dim), (batch, L, 4*dim),
+    (batch, L, 4, N) x2 (direction k's rows use group k). Views when the tensors are channels-last in
+    memory, as SS2D makes them; copies otherwise."""
+    batch, dim, height, width = x.shape
+    length = height * width
+    return (x.permute(0, 2, 3, 1).reshape(batch, length, dim),
+            delta.permute(0, 3, 4, 1, 2).reshape(batch, length, NUM_DIRECTIONS * dim),
+            B.permute(0, 3, 4, 1, 2).reshape(batch, length, NUM_DIRECTIONS, -1),
+            C.permute(0, 3, 4, 1, 2).reshape(batch, length, NUM_DIRECTIONS, -1))
+
+
 def fold_rows(grad_rows: torch.Tensor, n_u: int) -> torch.Tensor:
     """The gradient of u from that of its rows: every row reads channel ``row % n_u``, so the rows of a
     channel (one per direction) add up. (batch, rows, L) -> (batch, n_u, L)."""

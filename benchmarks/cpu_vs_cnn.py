@@ -1,0 +1,196 @@
+"""MedMamba-T against timm's ResNet-18 and ResNet-50 on this CPU, side by side in one process (issue 19).
+
+    .venv/bin/python benchmarks/cpu_vs_cnn.py                 # all rows, 2 threads
+    .venv/bin/python benchmarks/cpu_vs_cnn.py --rows train64  # one row
+
+Rows: inference at 224 px (batch 8), a training step at 64 px (batch 32, AdamW, forward + backward +
+step), inference at 64 px (batch 32); random weights, 3 input channels, 2 classes. The models are timed
+in turns (round-robin, each round every model once) so that a slow spell of a shared machine falls on all
+of them alike, and each figure is the median over the rounds. Then:
+
+* the ONNX row: MedMamba-T exported as `medmamba export` does (scan formulation for ONNX, the 1e-4
+  agreement check against PyTorch on the way), onnxruntime on one CPU thread pool of the same size;
+* the selective scan alone at MedMamba-T's 224 px stage-1 shape (8, 384, 3136, 16), forward + backward,
+  against its compute floor: the vector operations the kernel must issue per (row, step, state), divided
+  by the rate at which this CPU's sgemm (torch's matmul) retires multiply-adds, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROWS = {"infer224": ("224 px inference, batch 8", 224, 8, False),
+        "train64": ("64 px training step, batch 32", 64, 32, True),
+        "infer64": ("64 px inference, batch 32", 64, 32, False)}
+MODELS = ("medmamba_t", "timm/resnet18", "timm/resnet50")
+
+
+def build(name: str) -> torch.nn.Module:
+    import timm
+
+    import medmamba
+    torch.manual_seed(0)
+    if name.startswith("timm/"):
+        return timm.create_model(name[5:], num_classes=2, in_chans=3)
+    return medmamba.create_model(name, num_classes=2, in_chans=3, scan_backend="cpu")
+
+
+def step_fn(model, size: int, batch: int, train: bool):
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 2, (batch,))
+    if train:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+        def run():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    else:
+        model.eval()
+
+        def run():
+            with torch.inference_mode():
+                model(x)
+    return run
+
+
+def race(rows, rounds: int) -> dict:
+    """images/s per (row, model), medians of ``rounds`` interleaved rounds."""
+    results = {}
+    for key in rows:
+        label, size, batch, train = ROWS[key]
+        fns = {name: step_fn(build(name), size, batch, train) for name in MODELS}
+        for fn in fns.values():
+            fn()  # warm-up: JIT load, allocator, first-call dispatch
+            fn()
+        times = {name: [] for name in MODELS}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        results[key] = {name: batch / statistics.median(t) for name, t in times.items()}
+    return results
+
+
+def onnx_row(size: int, batch: int, rounds: int) -> dict:
+    import onnxruntime as ort
+
+    from medmamba.export import export_onnx
+    model = build("medmamba_t").eval()
+    x = torch.randn(batch, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, check = export_onnx(model, Path(tmp) / "m.onnx", size, tolerance=1e-4)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {"image": x.numpy()}
+        fns = {"pytorch": lambda: model(x), "onnxruntime": lambda: session.run(["logits"], feeds)}
+        with torch.inference_mode():
+            for fn in fns.values():
+                fn()
+            times = {k: [] for k in fns}
+            for _ in range(rounds):
+                for k, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t0)
+    return {"max_abs_diff": check.max_abs_diff, **{k: batch / statistics.median(t) for k, t in times.items()}}
+
+
+# Vector operations per (row, step, state) element, counted from ops/scan_cpu.py's inner loops (an FMA,
+# a multiply, an add, a min or max each count one; exp is the Cephes polynomial: 2 clamps, 3 FMAs for
+# the range reduction, 6 for the polynomial, 2 for the result, 1 for the exponent bits, and the dt*A
+# product). Per-row work (softplus of Delta, dt*x, transposes) is amortised over the 16 states and left out.
+EXP_OPS = 15
+FORWARD_OPS = EXP_OPS + 2 + 1            # h = exp(dt A) h + (dt x) B: mul + FMA; y += C h: FMA
+BACKWARD_OPS = (EXP_OPS + 2              # rebuild h and exp(dt A) of the segment
+                + 2                      # adjoint: gh = dy C + carry (FMA); carry = gh exp(dt A) (mul)
+                + 7)                     # dC += dy h, dB += gh dt x, gda = gh h' e (2), gb, ga, dA: FMAs
+
+
+def fma_rate(n: int = 2048, rounds: int = 5) -> float:
+    """float32 multiply-adds per second that this CPU sustains on torch's threads, as its sgemm reaches them
+    (n x n matrices: n**3 multiply-adds): the attainable peak of the vector units, clock and SIMD width
+    included, without having to know either."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return n ** 3 / min(times)
+
+
+def scan_row(batch=8, dim=96, side=56, n_state=16, rounds: int = 3) -> dict:
+    """SS2D's four-direction scan as MedMamba-T's 224 px stage 1 calls it: (8, 96, 56, 56), 4 x 96 = 384 rows
+    of 3136 steps, 16 states, the inputs laid out channels last as SS2D makes them."""
+    from medmamba.ops.scan_cpu import cross_selective_scan_cpu
+    torch.manual_seed(0)
+    k = 4
+
+    def pixels(*shape, scale=1.0):  # (batch, H, W, *shape) in memory, returned as (batch, *shape, H, W)
+        t = torch.randn(batch, side, side, *shape) * scale
+        return t.permute(0, 3, 1, 2) if len(shape) == 1 else t.permute(0, 3, 4, 1, 2)
+    x = pixels(dim).requires_grad_()
+    delta = pixels(k, dim, scale=0.5).requires_grad_()
+    B, C = pixels(k, n_state).requires_grad_(), pixels(k, n_state).requires_grad_()
+    A = (-torch.rand(k * dim, n_state) * 4 - 0.5).requires_grad_()
+    D, bias = torch.randn(k * dim, requires_grad=True), torch.randn(k * dim, requires_grad=True)
+    dy = torch.randn(batch, dim, side, side)
+
+    def run():
+        y = cross_selective_scan_cpu(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
+        y.backward(dy)
+    run()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    elements = batch * k * dim * side * side * n_state
+    rate = fma_rate()
+    floor = elements * (FORWARD_OPS + BACKWARD_OPS) / rate
+    return {"seconds": statistics.median(times), "floor": floor, "fma_per_s": rate, "elements": elements}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rows", nargs="+", default=[*ROWS, "onnx", "scan"], choices=[*ROWS, "onnx", "scan"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; medians of {args.rounds} interleaved rounds")
+    table = race([r for r in args.rows if r in ROWS], args.rounds)
+    if table:
+        print("\n| run | MedMamba-T (cpu scan) | ResNet-18 (timm) | ResNet-50 (timm) | MedMamba-T / ResNet-50 |")
+        print("| --- | --- | --- | --- | --- |")
+        for key, r in table.items():
+            print(f"| {ROWS[key][0]} | {r['medmamba_t']:.1f} img/s | {r['timm/resnet18']:.1f} img/s | "
+                  f"{r['timm/resnet50']:.1f} img/s | {r['medmamba_t'] / r['timm/resnet50']:.2f}x |")
+    if "onnx" in args.rows:
+        o = onnx_row(64, 32, args.rounds)
+        print(f"\nONNX, 64 px batch 32: PyTorch (cpu scan) {o['pytorch']:.1f} img/s, onnxruntime "
+              f"{o['onnxruntime']:.1f} img/s: onnxruntime / PyTorch {o['onnxruntime'] / o['pytorch']:.2f}x "
+              f"(export check: max |difference| {o['max_abs_diff']:.1e}, tolerance 1e-4)")
+    if "scan" in args.rows:
+        s = scan_row()
+        ops = FORWARD_OPS + BACKWARD_OPS
+        print(f"\nSS2D scan forward+backward at (8, 384, 3136, 16): {s['seconds'] * 1e3:.1f} ms. Floor: "
+              f"{s['elements'] / 1e6:.0f}M (row, step, state) elements x {ops} vector-lane operations "
+              f"({FORWARD_OPS} forward + {BACKWARD_OPS} backward) / {s['fma_per_s'] / 1e9:.1f} G multiply-adds/s "
+              f"(sgemm, measured) = {s['floor'] * 1e3:.1f} ms; the kernel is {s['seconds'] / s['floor']:.2f}x its floor")
+
+
+if __name__ == "__main__":
+    main()
