@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/cpu_vs_cnn.py                 # all rows, 2 threads
     .venv/bin/python benchmarks/cpu_vs_cnn.py --rows train64  # one row
+    .venv/bin/python benchmarks/cpu_vs_cnn.py --profile infer64  # where MedMamba-T's time goes (torch.profiler)
 
 Rows: inference at 224 px (batch 8), a training step at 64 px (batch 32, AdamW, forward + backward +
 step), inference at 64 px (batch 32); random weights, 3 input channels, 2 classes. The models are timed
@@ -162,13 +163,30 @@ def scan_row(batch=8, dim=96, side=56, n_state=16, rounds: int = 3) -> dict:
     return {"seconds": statistics.median(times), "floor": floor, "fma_per_s": rate, "elements": elements}
 
 
+def profile(key: str, steps: int = 3, rows: int = 12):
+    """torch.profiler's table of MedMamba-T's operators over ``steps`` steps of one row."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    _, size, batch, train = ROWS[key]
+    run = step_fn(build("medmamba_t"), size, batch, train)
+    run()
+    run()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--rows", nargs="+", default=[*ROWS, "onnx", "scan"], choices=[*ROWS, "onnx", "scan"])
+    parser.add_argument("--profile", choices=list(ROWS), help="instead of the table: MedMamba-T's operator profile")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        return profile(args.profile)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; medians of {args.rounds} interleaved rounds")
     table = race([r for r in args.rows if r in ROWS], args.rounds)

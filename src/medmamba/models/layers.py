@@ -26,13 +26,8 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave the channel groups of a channels-last tensor (ShuffleNet), so the two branches mix."""
-    *lead, channels = x.shape
-    return x.view(*lead, groups, channels // groups).transpose(-1, -2).reshape(*lead, channels)
-
-
 def concat_shuffle(*branches: torch.Tensor) -> torch.Tensor:
-    """``channel_shuffle(torch.cat(branches, -1), len(branches))`` for equal channels-last branches, written
-    once instead of twice: channel g + k * groups is channel k of branch g."""
+    """Concatenate equal channels-last branches and shuffle their channels (ShuffleNet's channel shuffle with
+    one group per branch), so the branches mix: channel g + k * groups is channel k of branch g. One copy,
+    where concatenating and then shuffling would make two."""
     return torch.stack(branches, dim=-1).flatten(-2)
