@@ -46,17 +46,31 @@ _JIT = dict(cache=True, error_model="numpy", fastmath=_FASTMATH)
 
 
 @intrinsic
-def _int_bits_as_float32(typingctx, bits):
-    """The float32 whose bit pattern is the low 32 bits of an integer (numba widens int32 arithmetic)."""
-    if not isinstance(bits, types.Integer):
+def _pow2_biased(typingctx, k):
+    """2.0 ** (k - 128) as float32 for an int32 k in [2, 254], by writing k - 1 into the exponent bits.
+
+    Written in LLVM IR so the integer work stays 32 bits wide: numba widens int32 arithmetic to int64, and
+    AVX2 has no vector int64 -> float32 conversion, so the widened version made LLVM compute exp one lane at
+    a time on AVX2 machines (AVX-512 has the conversion, which hid this there)."""
+    if k != types.int32:
         return None
 
     def codegen(context, builder, signature, args):
-        value = args[0]
-        if value.type.width > 32:
-            value = builder.trunc(value, ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
-    return types.float32(bits), codegen
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.sub(args[0], ir.Constant(i32, 1)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+    return types.float32(k), codegen
+
+
+@intrinsic
+def _trunc_int32(typingctx, x):
+    """int32(x) for a float32 x, as one 32-bit conversion (vectorisable on AVX2; see _pow2_biased)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fptosi(args[0], ir.IntType(32))
+    return types.int32(x), codegen
 
 
 def _exp(x):
@@ -69,8 +83,9 @@ def _exp_impl(x):
         def exp32(x):
             # Cephes expf: exp(x) = 2**k * exp(r), |r| <= ln2 / 2, degree-6 polynomial; ~1 ulp.
             x = min(max(x, np.float32(-87.3)), np.float32(88.3))
-            k = np.int32(x * np.float32(1.44269504) + np.float32(128.5)) - np.int32(128)
-            kf = np.float32(k)
+            # k + 128, truncated from a positive number (so rounded to nearest), kept int32 throughout
+            biased = _trunc_int32(x * np.float32(1.44269504) + np.float32(128.5))
+            kf = np.float32(biased) - np.float32(128.0)
             r = x - kf * np.float32(0.693359375) + kf * np.float32(2.12194440e-4)
             p = np.float32(1.9875691500e-4)
             p = p * r + np.float32(1.3981999507e-3)
@@ -78,7 +93,7 @@ def _exp_impl(x):
             p = p * r + np.float32(4.1665795894e-2)
             p = p * r + np.float32(1.6666665459e-1)
             p = p * r + np.float32(5.0000001201e-1)
-            return (p * r * r + r + np.float32(1.0)) * _int_bits_as_float32((k + np.int32(127)) << np.int32(23))
+            return (p * r * r + r + np.float32(1.0)) * _pow2_biased(biased)
         return exp32
     return lambda x: math.exp(x)
 
