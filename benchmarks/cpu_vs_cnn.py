@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/cpu_vs_cnn.py                 # all rows, 2 threads
     .venv/bin/python benchmarks/cpu_vs_cnn.py --rows train64  # one row
     .venv/bin/python benchmarks/cpu_vs_cnn.py --profile infer64  # where MedMamba-T's time goes (torch.profiler)
+    .venv/bin/python benchmarks/cpu_vs_cnn.py --profile onnx     # and in onnxruntime (its own profiler)
 
 Rows: inference at 224 px (batch 8), a training step at 64 px (batch 32, AdamW, forward + backward +
 step), inference at 64 px (batch 32); random weights, 3 input channels, 2 classes. The models are timed
@@ -177,16 +178,48 @@ def profile(key: str, steps: int = 3, rows: int = 12):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def profile_onnx(size: int = 64, batch: int = 32, steps: int = 3, rows: int = 12):
+    """onnxruntime's own profile of the exported MedMamba-T: time per operator type, summed over ``steps`` runs."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    from medmamba.export import export_onnx
+    x = torch.randn(batch, 3, size, size).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export_onnx(build("medmamba_t").eval(), Path(tmp) / "m.onnx", size)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(["logits"], {"image": x})
+        for _ in range(steps):
+            session.run(["logits"], {"image": x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op, count = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+            count[e["args"]["op_name"]] += 1
+    total = sum(per_op.values())
+    print(f"onnxruntime, {steps + 1} runs of batch {batch} at {size} px: {total / 1e3:.0f} ms in operators")
+    for op, us in per_op.most_common(rows):
+        print(f"  {op:<20} {100 * us / total:5.1f}%  {us / 1e3:8.1f} ms  {count[op]:6d} calls")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--rows", nargs="+", default=[*ROWS, "onnx", "scan"], choices=[*ROWS, "onnx", "scan"])
-    parser.add_argument("--profile", choices=list(ROWS), help="instead of the table: MedMamba-T's operator profile")
+    parser.add_argument("--profile", choices=[*ROWS, "onnx"],
+                        help="instead of the table: MedMamba-T's operator profile (torch.profiler, or onnxruntime's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.profile:
-        return profile(args.profile)
+        return profile_onnx() if args.profile == "onnx" else profile(args.profile)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; medians of {args.rounds} interleaved rounds")
     table = race([r for r in args.rows if r in ROWS], args.rounds)
