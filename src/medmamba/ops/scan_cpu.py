@@ -47,7 +47,7 @@ _JIT = dict(cache=True, error_model="numpy", fastmath=_FASTMATH)
 
 @intrinsic
 def _pow2_biased(typingctx, k):
-    """2.0 ** (k - 128) as float32 for an int32 k in [2, 254], by writing k - 1 into the exponent bits.
+    """2.0 ** (k - 128) as float32 for an int32 k in [2, 255], by writing k - 1 into the exponent bits.
 
     Written in LLVM IR so the integer work stays 32 bits wide: numba widens int32 arithmetic to int64, and
     AVX2 has no vector int64 -> float32 conversion, so the widened version made LLVM compute exp one lane at
