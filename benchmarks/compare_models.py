@@ -169,7 +169,7 @@ def markdown(table: list[dict], reference: str) -> str:
     def ms(e, key, digits=3):
         sd = e[f"{key}_sd"]
         return f"{e[f'{key}_mean']:.{digits}f} +- {sd:.{digits}f}" if not math.isnan(sd) else f"{e[f'{key}_mean']:.{digits}f}"
-    lines = ["| dataset | model | seeds | test ACC | test AUC | balanced ACC | ECE | train+test s/run | "
+    lines = ["| dataset | model | seeds | test ACC | test AUC | balanced ACC | ECE | train s/run (median epoch x epochs) | "
              f"ensemble AUC - {reference} (95% CI, p; DeLong p) |", "| --- " * 9 + "|"]
     for e in table:
         if "auc_difference" in e:
