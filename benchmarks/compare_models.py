@@ -32,13 +32,16 @@ def run_dir(output: Path, dataset: str, model: str, seed: int) -> Path:
 
 
 def record_path(results: Path, dataset: str, model: str, seed: int) -> Path:
-    return results / dataset / model.replace("/", "_") / f"seed{seed}.json"
+    return run_dir(results, dataset, model, seed).with_suffix(".json")
 
 
 def best_validation(run: Path) -> dict:
     """The epoch the run kept and its validation figures (metrics.jsonl), for the recipe's validation evidence."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    best = json.loads((run / "checkpoints" / "best" / "model.json").read_text()).get("epoch")
+    from medmamba.card import read_card
+    from medmamba.run_dir import RunDir
+    folder = RunDir(run)
+    rows = [json.loads(line) for line in folder.metrics_jsonl.read_text().splitlines() if line.strip()]
+    best = read_card(folder.weights("best")).epoch
     kept = next((r for r in rows if r.get("epoch") == best), rows[-1])
     # The median epoch x epochs: a training time that a few epochs slowed by other work on the machine
     # do not move (the wall time, "seconds", is kept beside it).
@@ -53,15 +56,17 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     the results folder can be kept (committed) while the run folders with their checkpoints are thrown away."""
     from medmamba.config import load_config
     from medmamba.files import atomic_write_text
+    from medmamba.run_dir import RunDir
     from medmamba.runs import run_outputs
     from medmamba.train import train
     record = record_path(Path(args.results), dataset, model, seed)
     out = run_dir(Path(args.output), dataset, model, seed)
+    folder = RunDir(out)
     if record.is_file():
         row = json.loads(record.read_text())
         if "train_s" in row or not out.is_dir():  # records of an earlier version are rebuilt from their run
             return row
-    report_path = out / "eval_test" / "report.json"
+    report_path = folder.eval_dir("test") / "report.json"
     timing = out / "benchmark_time.json"
     if not (report_path.is_file() and timing.is_file()):
         if args.table_only:
@@ -116,7 +121,9 @@ def _code_version() -> str:
 
 def _resolved_config(run: Path) -> dict:
     import yaml
-    return yaml.safe_load((run / "config.yaml").read_text())
+
+    from medmamba.run_dir import RunDir
+    return yaml.safe_load(RunDir(run).config.read_text())
 
 
 def outputs_of(records: list[dict]):

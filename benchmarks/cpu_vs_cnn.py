@@ -63,22 +63,29 @@ def step_fn(model, size: int, batch: int, train: bool):
     return run
 
 
+def medians(fns: dict, rounds: int, warmup: int = 1) -> dict:
+    """Median seconds of each function over ``rounds`` rounds, each round calling every function once in
+    turn, so that a slow spell of a shared machine falls on all of them; ``warmup`` untimed calls first
+    (JIT load, allocator, first-call dispatch)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(t) for k, t in times.items()}
+
+
 def race(rows, rounds: int) -> dict:
     """images/s per (row, model), medians of ``rounds`` interleaved rounds."""
     results = {}
     for key in rows:
         label, size, batch, train = ROWS[key]
         fns = {name: step_fn(build(name), size, batch, train) for name in MODELS}
-        for fn in fns.values():
-            fn()  # warm-up: JIT load, allocator, first-call dispatch
-            fn()
-        times = {name: [] for name in MODELS}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-        results[key] = {name: batch / statistics.median(t) for name, t in times.items()}
+        results[key] = {name: batch / t for name, t in medians(fns, rounds, warmup=2).items()}
     return results
 
 
@@ -96,15 +103,8 @@ def onnx_row(size: int, batch: int, rounds: int) -> dict:
         feeds = {"image": x.numpy()}
         fns = {"pytorch": lambda: model(x), "onnxruntime": lambda: session.run(["logits"], feeds)}
         with torch.inference_mode():
-            for fn in fns.values():
-                fn()
-            times = {k: [] for k in fns}
-            for _ in range(rounds):
-                for k, fn in fns.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[k].append(time.perf_counter() - t0)
-    return {"max_abs_diff": check.max_abs_diff, **{k: batch / statistics.median(t) for k, t in times.items()}}
+            seconds = medians(fns, rounds)
+    return {"max_abs_diff": check.max_abs_diff, **{k: batch / t for k, t in seconds.items()}}
 
 
 # Vector operations per (row, step, state) element, counted from ops/scan_cpu.py's inner loops (an FMA,
@@ -152,16 +152,11 @@ def scan_row(batch=8, dim=96, side=56, n_state=16, rounds: int = 3) -> dict:
     def run():
         y = cross_selective_scan_cpu(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
         y.backward(dy)
-    run()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+    seconds = medians({"scan": run}, rounds)["scan"]
     elements = batch * k * dim * side * side * n_state
     rate = fma_rate()
     floor = elements * (FORWARD_OPS + BACKWARD_OPS) / rate
-    return {"seconds": statistics.median(times), "floor": floor, "fma_per_s": rate, "elements": elements}
+    return {"seconds": seconds, "floor": floor, "fma_per_s": rate, "elements": elements}
 
 
 def profile(key: str, steps: int = 3, rows: int = 12):

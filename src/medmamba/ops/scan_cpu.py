@@ -36,7 +36,7 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
 from .cross_scan import NUM_DIRECTIONS, scan_order
-from .scan_reference import compute_dtype, finish_scan, pixel_rows
+from .scan_reference import compute_dtype, finish_scan, fold_rows, pixel_rows
 
 BLOCK_ROWS = 64  # rows per block, the SIMD lanes of every inner loop; fewer when that leaves threads idle
 SEGMENT = 64  # steps rebuilt at a time in the backward
@@ -450,8 +450,7 @@ class _FusedScan(torch.autograd.Function):
             _scan_bwd(_np(u), _np(delta), _np(A), _np(B), _np(C), _np(D), _np(bias), ctx.softplus, _np(order),
                       ctx.rows, _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b),
                       _np(dD_b), _np(dB_p), _np(dC_p))
-        # every row reads channel row % Du, so the rows of a channel (one per direction) add up
-        du = du_rows.view(batch, length, n_rows // n_u, n_u).sum(2) if n_rows != n_u else du_rows
+        du = fold_rows(du_rows, n_u, dim=2)
         dB = dB_p.sum(2).transpose(1, 2)
         dC = dC_p.sum(2).transpose(1, 2)
         return du, ddelta, dA_b.sum(0), dB, dC, dD_b.sum(0), ddelta.sum((0, 1)), None, None

@@ -117,8 +117,8 @@ def pixel_rows(x, delta, B, C):
             C.permute(0, 3, 4, 1, 2).reshape(batch, length, NUM_DIRECTIONS, -1))
 
 
-def fold_rows(grad_rows: torch.Tensor, n_u: int) -> torch.Tensor:
+def fold_rows(grad_rows: torch.Tensor, n_u: int, dim: int = 1) -> torch.Tensor:
     """The gradient of u from that of its rows: every row reads channel ``row % n_u``, so the rows of a
-    channel (one per direction) add up. (batch, rows, L) -> (batch, n_u, L)."""
-    batch, n_rows, length = grad_rows.shape
-    return grad_rows.view(batch, n_rows // n_u, n_u, length).sum(1) if n_rows != n_u else grad_rows
+    channel (one per direction) add up. ``dim`` is the rows' dimension: (batch, rows, L) -> (batch, n_u, L),
+    or, with dim=2, pixel-major (batch, L, rows) -> (batch, L, n_u)."""
+    return grad_rows.unflatten(dim, (-1, n_u)).sum(dim) if grad_rows.shape[dim] != n_u else grad_rows
