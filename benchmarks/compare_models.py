@@ -84,7 +84,7 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
            "auc": m["medmnist"]["auc"], "balanced_accuracy": m["balanced_accuracy"],
            "ece": report["calibration"]["after"]["ece"],
            "seconds": json.loads(timing.read_text())["train_and_test_s"], "run": str(out),
-           "config": _resolved_config(out), "code": _code_version(), **best_validation(out),
+           "config": _resolved_config(out), "code": _code_version(), "host": _host(), **best_validation(out),
            "intervals": report.get("intervals"), "task": outputs.data.task, "classes": list(outputs.data.classes),
            "labels": np.asarray(outputs.labels).tolist(), "probs": np.round(outputs.probs, 7).tolist(),
            "plain": np.round(outputs.plain, 7).tolist()}
@@ -117,6 +117,21 @@ def _code_version() -> str:
         return f"{medmamba.__version__} {commit}{'+' if dirty else ''}"
     except (OSError, subprocess.CalledProcessError):
         return medmamba.__version__
+
+
+def _host() -> str:
+    """The processor a run was timed on: sessions land on different machines, and a training time means
+    nothing without it (the model name alone, "AMD EPYC", does not tell them apart; the vector width and
+    the L2 size do)."""
+    import torch
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size")
+    cache = f", L2 {l2.read_text().strip()}/core" if l2.is_file() else ""
+    return f"{name} ({isa}{cache}), {torch.get_num_threads()} threads"
 
 
 def _resolved_config(run: Path) -> dict:
@@ -154,6 +169,9 @@ def summarise(rows: list[dict], args) -> list[dict]:
                 values = np.array([r.get(key, math.nan) for r in mine], dtype=float)
                 entry[f"{key}_mean"] = float(values.mean())
                 entry[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            hosts = sorted({r.get("host", "unrecorded") for r in mine})
+            entry["train_s_by_host"] = {h: [r["train_s"] for r in mine if r.get("host", "unrecorded") == h and "train_s" in r]
+                                        for h in hosts}
             outputs[model] = outputs_of(mine)
             table.append(entry)
         reference = outputs.get(args.reference)
@@ -176,6 +194,19 @@ def markdown(table: list[dict], reference: str) -> str:
     def ms(e, key, digits=3):
         sd = e[f"{key}_sd"]
         return f"{e[f'{key}_mean']:.{digits}f} +- {sd:.{digits}f}" if not math.isnan(sd) else f"{e[f'{key}_mean']:.{digits}f}"
+
+    # Training times are only compared on one machine: runs timed on different hosts (a benchmark spread
+    # over sessions) get one mean +- sd per host, named by a footnote.
+    hosts = sorted({h for e in table for h in e["train_s_by_host"]})
+    tag = {h: f"[{i + 1}]" for i, h in enumerate(hosts)}
+
+    def times(e):
+        parts = []
+        for h, values in e["train_s_by_host"].items():
+            v = np.array(values, dtype=float)
+            text = f"{v.mean():.0f} +- {v.std(ddof=1):.0f}" if len(v) > 1 else f"{v.mean():.0f}" if len(v) else "?"
+            parts.append(f"{text} (n={len(v)}) {tag[h]}" if len(hosts) > 1 else text)
+        return "; ".join(parts)
     lines = ["| dataset | model | seeds | test ACC | test AUC | balanced ACC | ECE | train s/run (median epoch x epochs) | "
              f"ensemble AUC - {reference} (95% CI, p; DeLong p) |", "| --- " * 9 + "|"]
     for e in table:
@@ -185,7 +216,9 @@ def markdown(table: list[dict], reference: str) -> str:
         else:
             versus = "reference" if e["model"] == reference else ""
         lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {ms(e, 'accuracy')} | {ms(e, 'auc')} | "
-                     f"{ms(e, 'balanced_accuracy')} | {ms(e, 'ece')} | {ms(e, 'train_s', 0)} | {versus} |")
+                     f"{ms(e, 'balanced_accuracy')} | {ms(e, 'ece')} | {times(e)} | {versus} |")
+    lines.append("")
+    lines += [f"{tag[h]} {h}" if len(hosts) > 1 else f"Timed on {h}." for h in hosts]
     return "\n".join(lines)
 
 
@@ -245,7 +278,7 @@ def main(argv=None):
     with open(out / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({k for e in table for k in e}))
         writer.writeheader()
-        writer.writerows(table)
+        writer.writerows([{k: json.dumps(v) if isinstance(v, dict) else v for k, v in e.items()} for e in table])
     text = markdown(table, args.reference)
     (out / "table.md").write_text(text + "\n")
     (out / "runs.json").write_text(json.dumps([{k: v for k, v in r.items() if k not in ("labels", "probs", "plain")}
