@@ -37,22 +37,26 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     chunks = -(-length // steps)
     pad = chunks * steps - length  # padded steps have Delta = 0: decay 1, no input, so nothing changes
 
-    def by_chunk(t):  # (..., L) -> (..., chunks, steps)
-        return F.pad(t, (0, pad)).unflatten(-1, (chunks, steps))
+    def step_major(t):  # (..., L) -> (steps, ..., chunks): step t of every chunk is one contiguous block
+        t = F.pad(t, (0, pad)).unflatten(-1, (chunks, steps))
+        return t.movedim(-1, 0).contiguous()
 
+    # Every tensor the loops index is laid out step-major once, here, and B and C state-last: inside the
+    # loops each step then reads contiguous blocks and broadcasts along trailing axes only. (Indexing the
+    # step along the last axis made onnxruntime gather strided slices and transpose B and C at every step.)
     A = A.view(groups, per_group, 1, n)
-    delta = by_chunk(delta.view(batch, groups, per_group, length))       # (b, g, p, chunks, T)
-    drive = by_chunk(u.view(batch, groups, per_group, length)) * delta
-    B = by_chunk(B).unsqueeze(2)                                         # (b, g, 1, N, chunks, T)
-    C = by_chunk(C).unsqueeze(2)
+    delta = step_major(delta.view(batch, groups, per_group, length)).unsqueeze(-1)   # (T, b, g, p, chunks, 1)
+    drive = step_major(u.view(batch, groups, per_group, length)).unsqueeze(-1) * delta
+    B = step_major(B).transpose(-1, -2).unsqueeze(3)                     # (T, b, g, 1, chunks, N)
+    C = step_major(C).transpose(-1, -2).unsqueeze(3)
 
     local = u.new_zeros(batch, groups, per_group, chunks, n)
     ys = []
     for t in range(steps):
-        local = torch.exp(delta[..., t, None] * A) * local + drive[..., t, None] * B[..., t].transpose(-1, -2)
-        ys.append((local * C[..., t].transpose(-1, -2)).sum(-1))
+        local = torch.exp(delta[t] * A) * local + drive[t] * B[t]
+        ys.append((local * C[t]).sum(-1))
 
-    chunk_decay = torch.exp(delta.sum(-1, keepdim=True) * A)             # (b, g, p, chunks, N)
+    chunk_decay = torch.exp(delta.sum(0) * A)                            # (b, g, p, chunks, N)
     state = u.new_zeros(batch, groups, per_group, n)
     before = []
     for c in range(chunks):
@@ -60,10 +64,9 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         state = chunk_decay[..., c, :] * state + local[..., c, :]
     before = torch.stack(before, dim=-2)                                 # H_{c-1}: (b, g, p, chunks, N)
 
-    elapsed = delta.cumsum(-1)
+    elapsed = delta.cumsum(0)
     for t in range(steps):
-        carried = torch.exp(elapsed[..., t, None] * A) * before
-        ys[t] = ys[t] + (carried * C[..., t].transpose(-1, -2)).sum(-1)
+        ys[t] = ys[t] + (torch.exp(elapsed[t] * A) * before * C[t]).sum(-1)
 
     y = torch.stack(ys, dim=-1).flatten(-2)[..., :length].reshape(batch, dim, length)
     return finish_scan(y, u, D, z, dtype_in)
