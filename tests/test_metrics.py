@@ -22,7 +22,12 @@ def test_hand_computed_binary_case():
     assert neg["precision"] == pytest.approx(2 / 3) and neg["sensitivity"] == pytest.approx(2 / 3)
     assert neg["specificity"] == pytest.approx(3 / 4)
     assert m["accuracy"] == pytest.approx(5 / 7)
-    assert m["precision"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    # a binary report's headline figures are the positive class's, not macro averages (which would make
+    # sensitivity and specificity both the balanced accuracy, (3/4 + 2/3) / 2)
+    assert m["positive_class"] == "pos"
+    assert m["sensitivity"] == pytest.approx(3 / 4) and m["specificity"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(3 / 4) and m["f1"] == pytest.approx(3 / 4)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 2 / 3) / 2)
     # AUC of the positive score: of 12 (pos, neg) pairs, 10 ranked right (0.4 and 0.6 lose to 0.7)
     assert m["auc"] == pytest.approx(10 / 12) and m["medmnist"]["auc"] == pytest.approx(10 / 12)
     assert m["confusion_matrix"] == [[2, 1], [1, 3]]
@@ -37,8 +42,15 @@ def test_against_sklearn_on_random_data(k):
     pred = probs.argmax(1)
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert m["precision"] == pytest.approx(p.mean()) and m["sensitivity"] == pytest.approx(r.mean())
-    assert m["f1"] == pytest.approx(f.mean())
+    if k == 2:
+        p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
+        assert m["precision"] == pytest.approx(p) and m["sensitivity"] == pytest.approx(r)
+        assert m["f1"] == pytest.approx(f)
+        p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
+    else:
+        assert m["precision"] == pytest.approx(p.mean()) and m["sensitivity"] == pytest.approx(r.mean())
+        assert m["f1"] == pytest.approx(f.mean())
+    assert m["balanced_accuracy"] == pytest.approx(r.mean())
     for c in range(k):
         pc = m["per_class"][str(c)]
         assert pc["precision"] == pytest.approx(p[c]) and pc["f1"] == pytest.approx(f[c])
@@ -84,3 +96,21 @@ def test_tta_averages_each_image_with_its_mirror():
     np.testing.assert_array_equal(y, labels.numpy())
     np.testing.assert_allclose(tta, (plain + mirrored) / 2, rtol=1e-6)
     assert np.abs(tta - plain).max() > 1e-3
+
+
+def test_binary_headline_follows_the_named_positive_class():
+    # as in test_hand_computed_binary_case, with "neg" named positive: its sensitivity 2/3, specificity 3/4
+    from medmamba.reports import assess, metrics_table
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    p1 = np.array([0.2, 0.7, 0.1, 0.8, 0.9, 0.4, 0.6])
+    probs = np.stack([1 - p1, p1], 1)
+    report = assess(y, probs, "binary-class", ["neg", "pos"], positive=0, n_resamples=50)
+    m = report["metrics"]
+    assert m["positive_class"] == "neg"
+    assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(2 / 3)
+    from sklearn.metrics import average_precision_score
+    assert m["average_precision"] == pytest.approx(average_precision_score(y == 0, probs[:, 0]))
+    low, high = report["intervals"]["sensitivity"]
+    assert low <= 2 / 3 <= high
+    assert "| sensitivity (of neg) |" in metrics_table(m, report["intervals"])

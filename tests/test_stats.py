@@ -30,12 +30,12 @@ def test_point_metrics_by_hand():
     y = np.array([1, 1, 0, 0, 0])
     p1 = np.array([0.9, 0.4, 0.1, 0.3, 0.6])
     m = point_metrics(y, np.stack([1 - p1, p1], 1), "binary-class")
-    # class 1: sens 1/2, spec 2/3; class 0: sens 2/3, spec 1/2 -> macro 7/12 each
+    # class 1 (the positive class, whose figures a binary report gives): sens 1/2, spec 2/3, precision 1/2;
+    # balanced accuracy: the mean of the two classes' sensitivities, (1/2 + 2/3) / 2 = 7/12
     assert m["accuracy"] == pytest.approx(3 / 5)
-    assert m["sensitivity"] == pytest.approx(7 / 12) and m["specificity"] == pytest.approx(7 / 12)
+    assert m["sensitivity"] == pytest.approx(1 / 2) and m["specificity"] == pytest.approx(2 / 3)
     assert m["balanced_accuracy"] == pytest.approx(7 / 12)
-    f1_pos, f1_neg = 2 * 0.5 * 0.5 / 1.0, 2 * (2 / 3) * (2 / 3) / (4 / 3)  # precision 1/2 and 2/3
-    assert m["f1"] == pytest.approx((f1_pos + f1_neg) / 2)
+    assert m["f1"] == pytest.approx(2 * 0.5 * 0.5 / 1.0)
     assert m["auc"] == pytest.approx(5 / 6)  # 5 of the 6 (positive, negative) pairs ordered right
 
 
@@ -172,3 +172,17 @@ def test_single_class_share_flags_a_constant_predictor():
     probs = np.tile([0.3, 0.7], (20, 1))
     assert single_class_share(probs, False) == 1.0
     assert single_class_share(np.eye(2)[[0, 1, 1, 0]], False) == 0.5
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_interval_figures_are_the_reports_figures(k):
+    # the bootstrap resamples point_metrics; its figures on the full set must be the report's own
+    from medmamba.metrics import classification_metrics
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, k, 200)
+    logits = rng.normal(size=(200, k)) + 1.2 * np.eye(k)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    task = "binary-class" if k == 2 else "multi-class"
+    fast, full = point_metrics(y, p, task), classification_metrics(y, p, task)
+    for key in fast:
+        assert fast[key] == pytest.approx(full[key]), key

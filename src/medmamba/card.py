@@ -50,7 +50,7 @@ class ModelCard:
     value: Optional[float] = None
     temperature: Optional[float] = None         # fitted on the validation split; divides the logits
     threshold: Optional[float] = None           # binary tasks: positive_class when its probability >= threshold
-    positive_class: Optional[int] = None        # the class index the threshold is on
+    positive_class: Optional[int] = None        # the class index the threshold (and a binary report) is on
     weights: Optional[str] = None               # "ema" or "raw": which weights validated better
     extra: dict = field(default_factory=dict)   # keys this version does not know, kept when rewritten
 

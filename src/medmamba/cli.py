@@ -153,7 +153,9 @@ def _operating_point(args, runs, overrides, data, card):
     if args.sensitivity is None:
         if card is not None and card.threshold is not None:
             return card.threshold, card.positive
-        return None, 1
+        if args.positive_class is not None and data.task == "binary-class":
+            return None, class_index(args.positive_class, data.classes)
+        return None, card.positive if card is not None else 1
     if data.task != "binary-class":
         raise MedMambaError(f"--sensitivity needs a binary task, not {data.task}")
     positive = 1 if args.positive_class is None else class_index(args.positive_class, data.classes)
@@ -317,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
     ev.add_argument("--sensitivity", type=float, help="binary tasks: report the operating point whose threshold, "
                     "chosen on the validation split, reaches this sensitivity (e.g. 0.9)")
-    ev.add_argument("--positive-class", help="the class that --sensitivity is about (name or index; default: 1)")
+    ev.add_argument("--positive-class", help="binary tasks: the positive class (name or index; default: 1): "
+                    "its sensitivity, specificity, precision and F1 are reported, and --sensitivity is about it")
     ev.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     ev.set_defaults(func=_evaluate)

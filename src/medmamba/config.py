@@ -185,7 +185,8 @@ SCHEMA: dict[str, Any] = {
                                "export apply it"),
     "sensitivity": number(None, "binary tasks: the threshold reaching this sensitivity for positive_class, chosen on "
                                 "validation and reported on test", 0, 1, lo_open=True, optional=True),
-    "positive_class": Key(None, "the class whose sensitivity is targeted (name or index); null: the second class",
+    "positive_class": Key(None, "binary tasks: the positive class (name or index), whose sensitivity, specificity, "
+                          "precision and F1 reports give and whose sensitivity is targeted; null: the second class",
                           "null, a class name or a class index", lambda v: v is None or isinstance(v, (str, int))
                           and not isinstance(v, bool)),
     "bootstrap": integer(1000, "stratified bootstrap resamples of the test images for 95% intervals; 0: none", lo=0),

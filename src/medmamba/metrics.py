@@ -1,8 +1,10 @@
 """The MedMamba paper's metrics and MedMNIST's ACC/AUC rules, from labels and predicted probabilities.
 
 Per class c (one-vs-rest): precision TP/(TP+FP), sensitivity TP/(TP+FN), specificity TN/(TN+FP),
-F1 = 2PR/(P+R) (0 where undefined); their macro averages over classes; overall accuracy; AUC; balanced
-accuracy (the macro sensitivity); average precision (PR-AUC, of the positive class for binary tasks, else
+F1 = 2PR/(P+R) (0 where undefined); as headline figures, their macro averages over classes (the paper's
+convention), except for binary tasks, where they are the positive class's (``positive``, default the second): over two classes the
+macro sensitivity and the macro specificity are both the balanced accuracy, which tells a reader nothing
+about missed positives. Overall accuracy; AUC; balanced accuracy (the macro sensitivity); average precision (PR-AUC, of the positive class for binary tasks, else
 the macro one-vs-rest mean). Multi-label tasks treat each label as its own binary problem at threshold 0.5.
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _average_precision(y_true_binary: np.ndarray, score: np.ndarray) -> float:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "multi-class",
-                           class_names=None, threshold: float = 0.5) -> dict:
+                           class_names=None, threshold: float = 0.5, positive: int = 1) -> dict:
     """Metrics of the MedMamba paper's table and MedMNIST's Evaluator.
 
     y_true: (N,) class indices, or (N, K) 0/1 for multi-label. probs: (N, K) softmax (or sigmoid) outputs.
@@ -93,13 +95,16 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
                             specificity=float(specificity[i]), f1=float(f1[i]), auc=float(aucs[i]),
                             support=int(tp[i] + fn[i]))
                  for i, name in enumerate(names)}
+    binary = k == 2 and not is_multi_label(task)
+    headline = {key: float(v[positive]) if binary else float(v.mean())
+                for key, v in (("precision", precision), ("sensitivity", sensitivity), ("specificity", specificity),
+                               ("f1", f1))}
     return dict(
         n=int(n), task=task,
-        accuracy=accuracy,
-        precision=float(precision.mean()), sensitivity=float(sensitivity.mean()),
-        specificity=float(specificity.mean()), f1=float(f1.mean()), auc=macro_auc,
+        accuracy=accuracy, **headline, auc=macro_auc,
+        positive_class=names[positive] if binary else None,
         balanced_accuracy=float(sensitivity.mean()),
-        average_precision=float(aps[1]) if k == 2 and not is_multi_label(task) else _nanmean(aps),
+        average_precision=float(aps[positive]) if binary else _nanmean(aps),
         medmnist=dict(acc=accuracy, auc=medmnist_auc),
         per_class=per_class,
         confusion_matrix=cm.tolist() if cm is not None else None,

@@ -44,16 +44,18 @@ def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature
     """Everything a report says about predictions ``probs`` (calibrated when a temperature was fitted) on a
     split: the paper's metrics, stratified-bootstrap 95% intervals, calibration before and after the
     temperature (``uncalibrated``: the probabilities without it), the binary operating point at
-    ``threshold`` on the probability of class ``positive``, and warnings."""
+    ``threshold`` on the probability of class ``positive`` (also the class whose sensitivity, specificity,
+    precision and F1 a binary report gives), and warnings."""
     from .calibration import calibration_metrics, operating_point, reliability
     from .card import is_multi_label
     from .metrics import classification_metrics
     from .stats import bootstrap_intervals
     multi_label = is_multi_label(task)
-    out = {"metrics": classification_metrics(labels, probs, task, class_names), "warnings": list(warnings)}
+    out = {"metrics": classification_metrics(labels, probs, task, class_names, positive=positive),
+           "warnings": list(warnings)}
     if n_resamples:
         out["intervals"] = {"level": 0.95, "resamples": n_resamples, "seed": seed, "method": "stratified bootstrap",
-                            **bootstrap_intervals(labels, probs, task, n_resamples, seed)}
+                            **bootstrap_intervals(labels, probs, task, n_resamples, seed, positive=positive)}
     before = probs if uncalibrated is None else uncalibrated
     out["calibration"] = {"temperature": temperature, "before": calibration_metrics(labels, before, multi_label),
                           "after": calibration_metrics(labels, probs, multi_label),
@@ -71,12 +73,16 @@ def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature
     return out
 
 
+BINARY_HEADLINE = ("precision", "sensitivity", "specificity", "f1")  # the positive class's in a binary report
+
+
 def metrics_table(m: dict, intervals: Optional[dict] = None) -> str:
     intervals = intervals or {}
     rows = ["| metric | value | 95% interval |", "| --- | --- | --- |"]
     for key in ("accuracy", "balanced_accuracy", "auc", "average_precision", "precision", "sensitivity",
                 "specificity", "f1"):
-        rows.append(f"| {key} | {_fmt(m[key])} | {_interval(intervals.get(key))} |")
+        of = f" (of {m['positive_class']})" if m.get("positive_class") and key in BINARY_HEADLINE else ""
+        rows.append(f"| {key}{of} | {_fmt(m[key])} | {_interval(intervals.get(key))} |")
     rows += ["", "| class | precision | sensitivity | specificity | F1 | AUC | support |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in m["per_class"].items():

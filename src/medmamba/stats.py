@@ -31,9 +31,10 @@ def auc_rank(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def point_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> dict:
-    """The figures that get intervals, computed cheaply enough to repeat thousands of times. Macro averages
-    over classes (over labels for multi-label), AUC as ``metrics.classification_metrics`` defines it."""
+def point_metrics(labels: np.ndarray, probs: np.ndarray, task: str, positive: int = 1) -> dict:
+    """The figures that get intervals, computed cheaply enough to repeat thousands of times, as
+    ``metrics.classification_metrics`` defines them: macro averages over classes (over labels for
+    multi-label), the positive class's for binary tasks."""
     probs = np.asarray(probs, dtype=np.float64)
     n, k = probs.shape
     if is_multi_label(task):
@@ -60,9 +61,11 @@ def point_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> dict:
         prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
         f1 = np.where(prec + sens > 0, 2 * prec * sens / np.maximum(prec + sens, 1e-300), 0.0)
     aucs = np.array(aucs, dtype=np.float64)
+    # as metrics.classification_metrics: a binary task's headline figures are the positive class's
+    pick = (lambda v: float(v[positive])) if k == 2 and not is_multi_label(task) else (lambda v: float(v.mean()))
     return {"accuracy": accuracy, "balanced_accuracy": float(sens.mean()),
             "auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
-            "sensitivity": float(sens.mean()), "specificity": float(spec.mean()), "f1": float(f1.mean())}
+            "sensitivity": pick(sens), "specificity": pick(spec), "f1": pick(f1)}
 
 
 def stratified_resamples(labels: np.ndarray, n_resamples: int, seed: int = 0, multi_label: bool = False):
@@ -89,12 +92,12 @@ def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float
 
 
 def bootstrap_intervals(labels, probs, task: str, n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
-                        metric_fn: Optional[Callable] = None) -> dict[str, tuple[float, float]]:
+                        metric_fn: Optional[Callable] = None, positive: int = 1) -> dict[str, tuple[float, float]]:
     """{metric: (low, high)}: ``level`` percentile intervals over stratified bootstrap resamples of the images."""
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
     labels, probs = np.asarray(labels), np.asarray(probs)
-    fn = metric_fn or (lambda y, p: point_metrics(y, p, task))
+    fn = metric_fn or (lambda y, p: point_metrics(y, p, task, positive))
     draws = [fn(labels[i], probs[i]) for i in stratified_resamples(labels, n_resamples, seed, is_multi_label(task))]
     return {key: _percentile_interval(np.array([d[key] for d in draws], dtype=np.float64), level) for key in draws[0]}
 

@@ -463,7 +463,8 @@ class Trainer:
         if cfg["sensitivity"] is not None:
             probs = probabilities_from_logits(torch.from_numpy(logits), False, card.temperature).numpy()
             card.threshold = threshold_for_sensitivity(labels, probs, cfg["sensitivity"], self.positive)
-            card.positive_class = self.positive
+        if cfg["sensitivity"] is not None or cfg["positive_class"] is not None:
+            card.positive_class = self.positive  # evaluate reports this class's sensitivity and specificity too
         if dist_utils.is_main() and self.run.weights("best").is_file():
             atomic_write_text(self.run.checkpoint("best") / "model.json", card.to_json())
         return card
@@ -487,7 +488,7 @@ class Trainer:
             warnings.append(f"the evaluated model predicts one class for every {split} image")
         report = assess(labels, probs, self.data.task, self.data.classes, uncalibrated=plain,
                         temperature=card.temperature, threshold=card.threshold,
-                        positive=card.positive,
+                        positive=self.positive,
                         n_resamples=cfg["bootstrap"], seed=cfg["seed"], warnings=warnings)
         paths = {}
         if dist_utils.is_main():
