@@ -2,9 +2,10 @@
 
 Per class c (one-vs-rest): precision TP/(TP+FP), sensitivity TP/(TP+FN), specificity TN/(TN+FP),
 F1 = 2PR/(P+R) (0 where undefined); as headline figures, their macro averages over classes (the paper's
-convention), except for binary tasks, where they are the positive class's (``positive``, default the second): over two classes the
-macro sensitivity and the macro specificity are both the balanced accuracy, which tells a reader nothing
-about missed positives. Overall accuracy; AUC; balanced accuracy (the macro sensitivity); average precision (PR-AUC, of the positive class for binary tasks, else
+convention), except for binary tasks, where they are the positive class's (``positive``, default the
+second): over two classes the macro sensitivity and the macro specificity are both the balanced accuracy,
+which tells a reader nothing about missed positives. Overall accuracy; AUC; balanced accuracy (the macro
+sensitivity); average precision (PR-AUC, of the positive class for binary tasks, else
 the macro one-vs-rest mean). Multi-label tasks treat each label as its own binary problem at threshold 0.5.
 """
 from __future__ import annotations
