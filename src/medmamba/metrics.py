@@ -15,6 +15,9 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 
 from .card import is_multi_label
 
+# the figures a binary report gives for its positive class (a multi-class report: their macro averages)
+POSITIVE_CLASS_FIGURES = ("precision", "sensitivity", "specificity", "f1")
+
 
 def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
@@ -98,8 +101,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
                  for i, name in enumerate(names)}
     binary = k == 2 and not is_multi_label(task)
     headline = {key: float(v[positive]) if binary else float(v.mean())
-                for key, v in (("precision", precision), ("sensitivity", sensitivity), ("specificity", specificity),
-                               ("f1", f1))}
+                for key, v in zip(POSITIVE_CLASS_FIGURES, (precision, sensitivity, specificity, f1))}
     return dict(
         n=int(n), task=task,
         accuracy=accuracy, **headline, auc=macro_auc,

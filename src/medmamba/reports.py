@@ -73,15 +73,13 @@ def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature
     return out
 
 
-BINARY_HEADLINE = ("precision", "sensitivity", "specificity", "f1")  # the positive class's in a binary report
-
-
 def metrics_table(m: dict, intervals: Optional[dict] = None) -> str:
+    from .metrics import POSITIVE_CLASS_FIGURES
     intervals = intervals or {}
     rows = ["| metric | value | 95% interval |", "| --- | --- | --- |"]
     for key in ("accuracy", "balanced_accuracy", "auc", "average_precision", "precision", "sensitivity",
                 "specificity", "f1"):
-        of = f" (of {m['positive_class']})" if m.get("positive_class") and key in BINARY_HEADLINE else ""
+        of = f" (of {m['positive_class']})" if m.get("positive_class") and key in POSITIVE_CLASS_FIGURES else ""
         rows.append(f"| {key}{of} | {_fmt(m[key])} | {_interval(intervals.get(key))} |")
     rows += ["", "| class | precision | sensitivity | specificity | F1 | AUC | support |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
