@@ -165,11 +165,13 @@ def summarise(rows: list[dict], args) -> list[dict]:
             if not mine:
                 continue
             entry = {"dataset": dataset, "model": model, "seeds": len(mine)}
+            hosts = sorted({r.get("host", "unrecorded") for r in mine})
             for key in (*COLUMNS, "seconds", "train_s", "val_auc", "val_loss", "best_epoch"):
                 values = np.array([r.get(key, math.nan) for r in mine], dtype=float)
+                if key in ("seconds", "train_s") and len(hosts) > 1:
+                    values[:] = math.nan  # times of two machines do not pool: see train_s_by_host
                 entry[f"{key}_mean"] = float(values.mean())
                 entry[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            hosts = sorted({r.get("host", "unrecorded") for r in mine})
             entry["train_s_by_host"] = {h: [r["train_s"] for r in mine if r.get("host", "unrecorded") == h and "train_s" in r]
                                         for h in hosts}
             outputs[model] = outputs_of(mine)

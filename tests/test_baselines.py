@@ -133,3 +133,33 @@ def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys)
                                                 .read_text()) for k in (0, 1)])
     np.testing.assert_allclose(from_records.probs, ensemble.probs, atol=1e-6)
     np.testing.assert_array_equal(from_records.labels, ensemble.labels)
+
+
+def test_benchmark_times_pool_only_within_one_host():
+    """A benchmark spread over sessions lands on different machines: their training times get one figure
+    per host, never one mean across them (which would read as a single machine's)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from .conftest import REPO
+    spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    labels = [0] * 10 + [1] * 10
+
+    def record(model, seed, host, train_s):
+        p = rng.uniform(size=20)
+        return {"dataset": "d", "model": model, "seed": seed, "host": host, "train_s": train_s, "seconds": train_s + 5,
+                "labels": labels, "probs": np.stack([1 - p, p], 1).tolist(), "plain": np.stack([1 - p, p], 1).tolist(),
+                "task": "binary-class", "classes": ["a", "b"], "run": f"{model}/{seed}",
+                "accuracy": 0.5, "auc": 0.5, "balanced_accuracy": 0.5, "ece": 0.1}
+    rows = [record("m", 0, "fast", 100.0), record("m", 1, "slow", 300.0), record("m", 2, "slow", 340.0),
+            record("r", 0, "fast", 50.0), record("r", 1, "fast", 70.0)]
+    args = SimpleNamespace(datasets=["d"], models=["m", "r"], reference="r", bootstrap=50)
+    mixed, single = bench.summarise(rows, args)
+    assert mixed["train_s_by_host"] == {"fast": [100.0], "slow": [300.0, 340.0]}
+    assert np.isnan(mixed["train_s_mean"]) and np.isnan(mixed["seconds_mean"])
+    assert single["train_s_mean"] == pytest.approx(60.0) and single["train_s_sd"] == pytest.approx(np.std([50, 70], ddof=1))
+    assert "[1] fast" in bench.markdown([mixed, single], "r") and "100 (n=1) [1]; 320 +- 28 (n=2) [2]" in bench.markdown(
+        [mixed, single], "r")
