@@ -19,6 +19,11 @@ from .card import is_multi_label
 POSITIVE_CLASS_FIGURES = ("precision", "sensitivity", "specificity", "f1")
 
 
+def headline(per_class: np.ndarray, binary: bool, positive: int = 1) -> float:
+    """A per-class figure as a report states it: the positive class's for a binary task, else the macro mean."""
+    return float(per_class[positive]) if binary else float(per_class.mean())
+
+
 def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
 
@@ -100,11 +105,11 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str = "m
                             support=int(tp[i] + fn[i]))
                  for i, name in enumerate(names)}
     binary = k == 2 and not is_multi_label(task)
-    headline = {key: float(v[positive]) if binary else float(v.mean())
-                for key, v in zip(POSITIVE_CLASS_FIGURES, (precision, sensitivity, specificity, f1))}
+    figures = {key: headline(v, binary, positive)
+               for key, v in zip(POSITIVE_CLASS_FIGURES, (precision, sensitivity, specificity, f1))}
     return dict(
         n=int(n), task=task,
-        accuracy=accuracy, **headline, auc=macro_auc,
+        accuracy=accuracy, **figures, auc=macro_auc,
         positive_class=names[positive] if binary else None,
         balanced_accuracy=float(sensitivity.mean()),
         average_precision=float(aps[positive]) if binary else _nanmean(aps),

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .card import is_multi_label
+from .metrics import headline
 
 INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1")
 
@@ -61,11 +62,11 @@ def point_metrics(labels: np.ndarray, probs: np.ndarray, task: str, positive: in
         prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
         f1 = np.where(prec + sens > 0, 2 * prec * sens / np.maximum(prec + sens, 1e-300), 0.0)
     aucs = np.array(aucs, dtype=np.float64)
-    # as metrics.classification_metrics: a binary task's headline figures are the positive class's
-    pick = (lambda v: float(v[positive])) if k == 2 and not is_multi_label(task) else (lambda v: float(v.mean()))
+    binary = k == 2 and not is_multi_label(task)
     return {"accuracy": accuracy, "balanced_accuracy": float(sens.mean()),
             "auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
-            "sensitivity": pick(sens), "specificity": pick(spec), "f1": pick(f1)}
+            "sensitivity": headline(sens, binary, positive), "specificity": headline(spec, binary, positive),
+            "f1": headline(f1, binary, positive)}
 
 
 def stratified_resamples(labels: np.ndarray, n_resamples: int, seed: int = 0, multi_label: bool = False):
