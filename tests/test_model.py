@@ -1,3 +1,4 @@
+import copy
 import re
 
 import pytest
@@ -78,6 +79,7 @@ def test_timm_style_api():
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
     assert model.no_weight_decay() >= {"layers.0.blocks.0.self_attention.A_logs",
                                         "layers.0.blocks.0.self_attention.Ds"}
+    assert copy.deepcopy(model).no_weight_decay() == model.no_weight_decay()  # a copy decays the same
 
 
 def test_features_only_multiscale():
@@ -165,3 +167,42 @@ def test_grad_checkpointing_gives_same_gradients():
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
     torch.testing.assert_close(x.grad, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_drop_path_branch_runs_only_the_kept_samples_with_the_same_values_and_gradients():
+    from medmamba.models.layers import drop_path, drop_path_branch
+    from medmamba.models.medmamba import SS2D
+    torch.manual_seed(0)
+    # float64, so that sums over a smaller batch round alike and the comparison can be tight
+    ssm = SS2D(d_model=8, d_state=4, scan_backend="reference").double().train()
+    x = torch.randn(8, 6, 5, 8, dtype=torch.float64)
+    seen = []
+
+    def branch(t):
+        seen.append(t.shape[0])
+        return ssm(t)
+
+    def run(fn, prob, seed):
+        xg = x.clone().requires_grad_(True)
+        torch.manual_seed(seed)
+        out = fn(branch, xg, prob)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads = [xg.grad] + [p.grad.clone() for p in ssm.parameters()]
+        ssm.zero_grad(set_to_none=False)
+        return out.detach(), grads
+
+    for seed in range(3):
+        ref, ref_grads = run(lambda f, t, p: drop_path(f(t), p, True), 0.5, seed)
+        seen.clear()
+        out, grads = run(lambda f, t, p: drop_path_branch(f, t, p, True), 0.5, seed)
+        kept = int((ref.flatten(1).abs().sum(1) > 0).sum())
+        assert 0 < kept < 8 and seen == [kept]  # only the kept samples went through the branch
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    # every sample dropped: zeros, and still a (zero) gradient for every parameter, as DDP needs
+    seen.clear()
+    out, grads = run(lambda f, t, p: drop_path_branch(f, t, p, True), 1 - 1e-9, 0)
+    assert seen == [8] and not out.any() and all(g is not None and not g.any() for g in grads)
+    seen.clear()
+    assert torch.equal(drop_path_branch(branch, x, 0.5, False), ssm(x)) and seen == [8]  # eval: plain branch

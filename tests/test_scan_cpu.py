@@ -107,6 +107,27 @@ def test_large_steps_stay_finite():
     assert_backends_agree(x, softplus=True)
 
 
+def test_exp2_within_an_ulp_and_clamped():
+    """The kernel's float32 2**y, against float64 over the whole range it serves, and at its edges."""
+    import numba
+    import numpy as np
+    from medmamba.ops.scan_cpu import _exp2
+
+    @numba.njit
+    def exp2(y):
+        out = np.empty_like(y)
+        for i in range(y.size):
+            out[i] = _exp2(y[i])
+        return out
+
+    y = np.concatenate([np.linspace(-125.0, 126.9, 2_000_001), np.linspace(-2, 2, 100_001)]).astype(np.float32)
+    truth = np.exp2(y.astype(np.float64))
+    assert np.abs(exp2(y).astype(np.float64) / truth - 1).max() < 1.2e-7  # float32's epsilon
+    edges = exp2(np.array([-1e4, -200, 200, 1e4, np.nan], np.float32))
+    assert 0 < edges[0] == edges[1] < 1e-37 and np.isfinite(edges[2]) and edges[2] == edges[3] > 1e38
+    assert np.isnan(edges[4])
+
+
 def test_float64_against_direct_recurrence_and_gradcheck():
     x = inputs(1, 4, 6, 3, 2, dtype=torch.float64, seed=3)
     y = selective_scan(**x, delta_softplus=True, backend="cpu")

@@ -448,3 +448,28 @@ def test_numbers_in_overrides_and_files_read_as_people_write_them(tmp_path):
     cfg = load_config(tmp_path / "c.yaml", ["schedule.min_lr_ratio=1e-3"])
     assert cfg["optimizer"]["lr"] == 3e-4 and cfg["optimizer"]["weight_decay"] == 0.01
     assert cfg["schedule"]["min_lr_ratio"] == 1e-3  # YAML 1.1 would have read these as strings
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_optimizer_is_fused_and_updates_like_torchs_per_parameter_loop(name):
+    import copy
+    from medmamba.models import create_model
+    from medmamba.optim import build_optimizer
+    torch.manual_seed(0)
+    model = create_model("medmamba_t", num_classes=2, depths=(1, 1), dims=8)
+    start, twin = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = load_config(None, [f"optimizer.name={name}", "optimizer.lr=0.01"])
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"] is True
+    loop = build_optimizer(twin, cfg)
+    for g in loop.param_groups:  # torch's default on CPU: one parameter at a time
+        g["fused"], g["foreach"] = False, False
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        loop.step()
+    for p, q, p0 in zip(model.parameters(), twin.parameters(), start.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(p, p0)

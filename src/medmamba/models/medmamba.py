@@ -103,8 +103,6 @@ class SS2D(nn.Module):
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
         self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
-        self.A_logs._no_weight_decay = True
-        self.Ds._no_weight_decay = True
 
     def selective_scan_2d(self, x):
         """x: (B, d_inner, H, W) -> sum of the four directions' scans, (B, d_inner, H, W), float32/64.
@@ -163,7 +161,7 @@ class SS_Conv_SSM(nn.Module):  # noqa: N801 (official name, kept for readers com
 
     def forward(self, x):
         conv_in, ssm_in = x.chunk(2, dim=-1)
-        ssm_out = self.drop_path(self.self_attention(self.ln_1(ssm_in)))
+        ssm_out = self.drop_path.branch(lambda t: self.self_attention(self.ln_1(t)), ssm_in)
         # channels_last memory is the NHWC tensor itself: the conv branch needs no transposed copy back.
         conv_out = self.conv33conv33conv11(conv_in.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
         return concat_shuffle(conv_out.permute(0, 2, 3, 1), ssm_out) + x
@@ -258,7 +256,9 @@ class MedMamba(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self):
-        return {name for name, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+        """The SSM's A and D (mamba_ssm's rule). By name, not by a flag on the tensor: copy.deepcopy drops
+        such flags, and a copied model then decayed A and D."""
+        return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in ("A_logs", "Ds")}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):

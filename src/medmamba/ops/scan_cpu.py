@@ -40,6 +40,7 @@ from .scan_reference import compute_dtype, finish_scan, fold_rows, pixel_rows
 
 BLOCK_ROWS = 64  # rows per block, the SIMD lanes of every inner loop; fewer when that leaves threads idle
 SEGMENT = 64  # steps rebuilt at a time in the backward
+_LOG2E = 1.4426950408889634
 # Not 'nnan'/'ninf': NaN and overflow must still propagate and compare as in the reference.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 _JIT = dict(cache=True, error_model="numpy", fastmath=_FASTMATH)
@@ -59,6 +60,19 @@ def _pow2_biased(typingctx, k):
         i32 = ir.IntType(32)
         bits = builder.shl(builder.sub(args[0], ir.Constant(i32, 1)), ir.Constant(i32, 23))
         return builder.bitcast(bits, ir.FloatType())
+    return types.float32(k), codegen
+
+
+@intrinsic
+def _unbias(typingctx, k):
+    """float32(k - 128) for an int32 k, subtracted as integers: as float32 arithmetic, ``y - (float(k) - 128)``
+    may be reassociated (fastmath) into ``(y + 128) - float(k)``, which rounds y to 2**-17."""
+    if k != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        return builder.sitofp(builder.sub(args[0], ir.Constant(i32, 128)), ir.FloatType())
     return types.float32(k), codegen
 
 
@@ -96,6 +110,32 @@ def _exp_impl(x):
             return (p * r * r + r + np.float32(1.0)) * _pow2_biased(biased)
         return exp32
     return lambda x: math.exp(x)
+
+
+def _exp2(y):
+    """2 ** y, vectorisable for float32. The scan's exp(delta A) is taken as exp2(delta (A log2 e)), as
+    mamba_ssm's CUDA kernel does: log2 e folded into A once per row saves the range reduction's
+    multiply and its two-constant correction at every (step, state, row), a fifth of exp's work."""
+
+
+@overload(_exp2, jit_options=_JIT)
+def _exp2_impl(y):
+    if y == types.float32:
+        def exp2_32(y):
+            # 2**y = 2**k * 2**f, k = round(y), |f| <= 1/2 (exact: Sterbenz), degree-6 fit of 2**f (relative
+            # error 1.9e-9; at most 7.9e-8 in float32, against 1.2e-7 for exp32: tests/test_scan_cpu.py).
+            y = min(max(y, np.float32(-126.0)), np.float32(127.0))
+            biased = _trunc_int32(y + np.float32(128.5))  # k + 128, as in exp32
+            f = y - _unbias(biased)
+            p = np.float32(1.534581242594868e-4)
+            p = p * f + np.float32(1.3399930903688073e-3)
+            p = p * f + np.float32(9.618489071726799e-3)
+            p = p * f + np.float32(5.550328642129898e-2)
+            p = p * f + np.float32(0.24022646248340607)
+            p = p * f + np.float32(0.6931471824645996)
+            return (p * f + np.float32(1.0)) * _pow2_biased(biased)
+        return exp2_32
+    return lambda y: math.exp(y * 0.6931471805599453)
 
 
 def _softplus_tail(v):
@@ -182,13 +222,21 @@ def _step_sizes_in(delta, bias, row0, softplus, out):
 
 
 @njit(inline="always", **_JIT)
-def _state_step(b_p, c_p, dts, xs, aT, h, ys):
-    """One step of every row in the block: h = exp(dt A) h + dt B x, ys += C h (n outer, rows inner)."""
-    for n in range(aT.shape[0]):
+def _dt_x(dts, xs, dtx):
+    """dtx = dt x, shared by the step's N states."""
+    for r in range(dtx.shape[0]):
+        dtx[r] = dts[r] * xs[r]
+
+
+@njit(inline="always", **_JIT)
+def _state_step(b_p, c_p, dts, dtx, a2T, h, ys):
+    """One step of every row in the block: h = exp(dt A) h + dt B x, ys += C h (n outer, rows inner).
+    a2T is A log2(e), so that exp(dt A) = exp2(dt a2)."""
+    for n in range(a2T.shape[0]):
         bn, cn = b_p[n], c_p[n]
-        hn, an = h[n], aT[n]
+        hn, a2n = h[n], a2T[n]
         for r in range(hn.shape[0]):
-            v = _exp(dts[r] * an[r]) * hn[r] + dts[r] * xs[r] * bn
+            v = _exp2(dts[r] * a2n[r]) * hn[r] + dtx[r] * bn
             hn[r] = v
             ys[r] += cn * v
 
@@ -211,6 +259,7 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
     n_segments = (length + SEGMENT - 1) // SEGMENT
     keep = starts.shape[0] > 0
     zero = u.dtype.type(0.0)
+    log2e = u.dtype.type(_LOG2E)
     for task in prange(batch * n_blocks):
         b = task // n_blocks
         block = task % n_blocks
@@ -219,8 +268,9 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
         xT = np.empty((length, nr), u.dtype)
         dtT = np.empty((length, nr), u.dtype)
         yT = np.zeros((length, nr), u.dtype)
-        aT = np.empty((n_state, nr), u.dtype)
+        a2T = np.empty((n_state, nr), u.dtype)
         h = np.empty((n_state, nr), u.dtype)
+        dtx = np.empty(nr, u.dtype)
         d_sum = np.zeros(nr, u.dtype)
         _columns_in(u[b], c0, xT)
         for direction in range(per_channel):
@@ -231,7 +281,7 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
             for r in range(nr):
                 d_sum[r] += D[row0 + r]
                 for n in range(n_state):
-                    aT[n, r] = A[row0 + r, n]
+                    a2T[n, r] = A[row0 + r, n] * log2e
             h[:] = zero
             for seg in range(n_segments):
                 if keep:
@@ -240,7 +290,8 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
                             starts[b, row0 + r, seg, n] = h[n, r]
                 for step in range(seg * SEGMENT, min((seg + 1) * SEGMENT, length)):
                     p = order_g[step]
-                    _state_step(Bs[b, p, g], Cs[b, p, g], dtT[p], xT[p], aT, h, yT[p])
+                    _dt_x(dtT[p], xT[p], dtx)
+                    _state_step(Bs[b, p, g], Cs[b, p, g], dtT[p], dtx, a2T, h, yT[p])
         for p in range(length):
             y_p, y_t, x_t = y[b, p], yT[p], xT[p]
             for r in range(nr):
@@ -251,15 +302,15 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
 # LLVM vectorises a loop only if it needs at most 8 run-time overlap checks between the arrays it reads
 # and writes, and a loop doing more silently runs scalar.
 @njit(inline="always", **_JIT)
-def _recompute_step(b_p, dts, xs, aT, h_prev, h_s, da_s):
+def _recompute_step(b_p, dts, dtx, a2T, h_prev, h_s, da_s):
     """h_s = exp(dt A) h_prev + dt B x, keeping exp(dt A) in da_s."""
-    for n in range(aT.shape[0]):
-        an, da_n = aT[n], da_s[n]
-        for r in range(an.shape[0]):
-            da_n[r] = _exp(dts[r] * an[r])
+    for n in range(a2T.shape[0]):
+        a2n, da_n = a2T[n], da_s[n]
+        for r in range(a2n.shape[0]):
+            da_n[r] = _exp2(dts[r] * a2n[r])
         bn, hp, hn = b_p[n], h_prev[n], h_s[n]
-        for r in range(an.shape[0]):
-            hn[r] = da_n[r] * hp[r] + dts[r] * xs[r] * bn
+        for r in range(a2n.shape[0]):
+            hn[r] = da_n[r] * hp[r] + dtx[r] * bn
 
 
 @njit(inline="always", **_JIT)
@@ -274,7 +325,7 @@ def _carry_step(c_p, gys, da_s, carry, gh_s):
 
 
 @njit(inline="always", **_JIT)
-def _step_grads(b_p, dts, xs, gys, aT, h_prev, h_s, da_s, gh_s, dB_s, dC_s, gda, gb, ga, dA_acc):
+def _step_grads(b_p, dts, dtx, gys, aT, h_prev, h_s, da_s, gh_s, dB_s, dC_s, gda, gb, ga, dA_acc):
     """One step's gradients: dB, dC (summed over the block's rows), and per row
     gb = sum_n gh B (for du and ddelta), ga = sum_n gh h_prev exp(dt A) A (for ddelta), dA."""
     zero = dts.dtype.type(0.0)
@@ -286,7 +337,7 @@ def _step_grads(b_p, dts, xs, gys, aT, h_prev, h_s, da_s, gh_s, dB_s, dC_s, gda,
         db = zero
         for r in range(hn.shape[0]):
             dc += gys[r] * hn[r]
-            db += ghn[r] * dts[r] * xs[r]
+            db += ghn[r] * dtx[r]
         dC_s[n] += dc
         dB_s[n] += db
         bn, hp, dan = b_p[n], h_prev[n], da_s[n]
@@ -315,6 +366,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
     n_blocks = (rows_per_group // span) * per_span
     n_segments = (length + SEGMENT - 1) // SEGMENT
     one = u.dtype.type(1.0)
+    log2e = u.dtype.type(_LOG2E)
     for task in prange(batch * groups * n_chunks):
         b = task // (groups * n_chunks)
         g = (task // n_chunks) % groups
@@ -332,6 +384,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
             duT = np.empty((length, nr), u.dtype)
             ddT = np.empty((length, nr), u.dtype)
             aT = np.empty((n_state, nr), u.dtype)
+            a2T = np.empty((n_state, nr), u.dtype)
             h0 = np.empty((n_state, nr), u.dtype)
             hs = np.empty((SEGMENT, n_state, nr), u.dtype)
             das = np.empty((SEGMENT, n_state, nr), u.dtype)
@@ -340,6 +393,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
             dA_acc = np.zeros((n_state, nr), u.dtype)
             dD_acc = np.zeros(nr, u.dtype)
             gda = np.empty(nr, u.dtype)
+            dtx = np.empty(nr, u.dtype)
             gb = np.empty(nr, u.dtype)
             ga = np.empty(nr, u.dtype)
             _columns_in(u[b], c0, xT)
@@ -348,6 +402,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
             for r in range(nr):
                 for n in range(n_state):
                     aT[n, r] = A[row0 + r, n]
+                    a2T[n, r] = A[row0 + r, n] * log2e
             for seg in range(n_segments - 1, -1, -1):
                 start = seg * SEGMENT
                 stop = min(start + SEGMENT, length)
@@ -356,14 +411,16 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
                         h0[n, r] = starts_all[b, row0 + r, seg, n]
                 for k in range(stop - start):
                     p = order_g[start + k]
-                    _recompute_step(Bs[b, p, g], dtT[p], xT[p], aT, hs[k - 1] if k > 0 else h0, hs[k], das[k])
+                    _dt_x(dtT[p], xT[p], dtx)
+                    _recompute_step(Bs[b, p, g], dtT[p], dtx, a2T, hs[k - 1] if k > 0 else h0, hs[k], das[k])
                 for k in range(stop - start - 1, -1, -1):
                     p = order_g[start + k]
                     _carry_step(Cs[b, p, g], dyT[p], das[k], carry, ghs[k])
                 for k in range(stop - start):
                     p = order_g[start + k]
                     dts, xs, gys = dtT[p], xT[p], dyT[p]
-                    _step_grads(Bs[b, p, g], dts, xs, gys, aT, hs[k - 1] if k > 0 else h0, hs[k], das[k], ghs[k],
+                    _dt_x(dts, xs, dtx)
+                    _step_grads(Bs[b, p, g], dts, dtx, gys, aT, hs[k - 1] if k > 0 else h0, hs[k], das[k], ghs[k],
                                 dB[p], dC[p], gda, gb, ga, dA_acc)
                     du_p, dd_p = duT[p], ddT[p]
                     for r in range(nr):
