@@ -229,14 +229,14 @@ def plot(rows: list[dict], args, path: Path):
     fig = Figure(figsize=(5 * len(args.datasets), 4))
     axes = np.atleast_1d(fig.subplots(1, len(args.datasets), squeeze=False)[0])
     for ax, dataset in zip(axes, args.datasets):
-        for i, model in enumerate(args.models):
+        # only the models this dataset has runs of, each in its colour of every panel
+        shown = [(i, m) for i, m in enumerate(args.models) if any(r["dataset"] == dataset and r["model"] == m for r in rows)]
+        for x, (i, model) in enumerate(shown):
             values = [r["auc"] for r in rows if r["dataset"] == dataset and r["model"] == model]
-            if not values:
-                continue
-            ax.plot([i] * len(values), values, "o", alpha=0.6, color=f"C{i}")
-            ax.errorbar([i + 0.15], [np.mean(values)], yerr=[np.std(values, ddof=1) if len(values) > 1 else 0],
+            ax.plot([x] * len(values), values, "o", alpha=0.6, color=f"C{i}")
+            ax.errorbar([x + 0.15], [np.mean(values)], yerr=[np.std(values, ddof=1) if len(values) > 1 else 0],
                         fmt="s", color=f"C{i}", capsize=3)
-        ax.set_xticks(range(len(args.models)), args.models, rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(range(len(shown)), [m for _, m in shown], rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{dataset}: test AUC per seed (square: mean +- sd)", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
