@@ -351,6 +351,29 @@ def _step_grads(b_p, dts, dtx, gys, aT, h_prev, h_s, da_s, gh_s, dB_s, dC_s, gda
             dAn[r] += gda[r] * dts[r]
 
 
+@njit(inline="always", **_JIT)
+def _input_grads(D, gys, xs, dus, dD_acc, du_out):
+    """dD += dy x; du = D dy + the scan's part (one row block at one pixel)."""
+    for r in range(gys.shape[0]):
+        dD_acc[r] += gys[r] * xs[r]
+    for r in range(gys.shape[0]):
+        du_out[r] = D[r] * gys[r] + dus[r]
+
+
+@njit(inline="always", **_JIT)
+def _step_size_grads(d_in, bias, softplus, dds, dd_out):
+    """ddelta = d(step size) times softplus' at delta + bias (or as it is without softplus). One loop
+    for all of this once ran scalar (more arrays than LLVM's overlap checks allow, see above) and took
+    13% of the 64 px backward."""
+    if softplus:
+        one = dds.dtype.type(1.0)
+        for r in range(dds.shape[0]):
+            dd_out[r] = dds[r] * _sigmoid(d_in[r] + bias[r], one)
+    else:
+        for r in range(dds.shape[0]):
+            dd_out[r] = dds[r]
+
+
 @njit(parallel=True, **_JIT)
 def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_all, n_chunks,
               du_rows, ddelta, dA_b, dD_b, dB_p, dC_p):
@@ -366,7 +389,6 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
     span, per_span = _block_layout(n_u, n_rows, groups, rows)
     n_blocks = (rows_per_group // span) * per_span
     n_segments = (length + SEGMENT - 1) // SEGMENT
-    one = u.dtype.type(1.0)
     log2e = u.dtype.type(_LOG2E)
     for task in prange(batch * groups * n_chunks):
         b = task // (groups * n_chunks)
@@ -428,13 +450,9 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
                         du_p[r] = gb[r] * dts[r]
                         dd_p[r] = gb[r] * xs[r] + ga[r]
             for p in range(length):
-                du_out, dd_out, d_in = du_rows[b, p], ddelta[b, p], delta[b, p]
-                gys, xs, dus, dds = dyT[p], xT[p], duT[p], ddT[p]
-                for r in range(nr):
-                    row = row0 + r
-                    dD_acc[r] += gys[r] * xs[r]
-                    du_out[row] = D[row] * gys[r] + dus[r]
-                    dd_out[row] = dds[r] * _sigmoid(d_in[row] + bias[row], one) if softplus else dds[r]
+                _input_grads(D[row0:row0 + nr], dyT[p], xT[p], duT[p], dD_acc, du_rows[b, p, row0:row0 + nr])
+                _step_size_grads(delta[b, p, row0:row0 + nr], bias[row0:row0 + nr], softplus, ddT[p],
+                                 ddelta[b, p, row0:row0 + nr])
             for r in range(nr):
                 dD_b[b, row0 + r] = dD_acc[r]
                 for n in range(n_state):
