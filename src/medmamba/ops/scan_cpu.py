@@ -363,8 +363,8 @@ def _input_grads(D, gys, xs, dus, dD_acc, du_out):
 @njit(inline="always", **_JIT)
 def _step_size_grads(d_in, bias, softplus, dds, dd_out):
     """ddelta = d(step size) times softplus' at delta + bias (or as it is without softplus). One loop
-    for all of this once ran scalar (more arrays than LLVM's overlap checks allow, see above) and took
-    13% of the 64 px backward."""
+    for all of this touched more arrays than LLVM's overlap checks allow (see above) and took
+    13% of the 64 px forward + backward (BENCHMARKS.md)."""
     if softplus:
         one = dds.dtype.type(1.0)
         for r in range(dds.shape[0]):
