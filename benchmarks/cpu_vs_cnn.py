@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/cpu_vs_cnn.py --rows train64  # one row
     .venv/bin/python benchmarks/cpu_vs_cnn.py --profile infer64  # where MedMamba-T's time goes (torch.profiler)
     .venv/bin/python benchmarks/cpu_vs_cnn.py --profile onnx     # and in onnxruntime (its own profiler)
+    .venv/bin/python benchmarks/cpu_vs_cnn.py --profile onnx_fused  # the export with --fused-scan
 
 Rows: inference at 224 px (batch 8), a training step at 64 px (batch 32, forward + backward + step),
 inference at 64 px (batch 32); random weights, 3 input channels, 2 classes. Every model is built and
@@ -13,8 +14,9 @@ a user of the package pays per step. The models are timed
 in turns (round-robin, each round every model once) so that a slow spell of a shared machine falls on all
 of them alike, and each figure is the median over the rounds. Then:
 
-* the ONNX row: MedMamba-T exported as `medmamba export` does (scan formulation for ONNX, the 1e-4
-  agreement check against PyTorch on the way), onnxruntime on one CPU thread pool of the same size;
+* the ONNX row: MedMamba-T exported as `medmamba export` does, in both forms of the scan (plain ONNX
+  operators, the default; one fused node per SS2D, `--fused-scan`), each with the 1e-4 agreement check
+  against PyTorch on the way, run by onnxruntime on the same number of threads, in turns with PyTorch;
 * the selective scan alone at MedMamba-T's 224 px stage-1 shape (8, 384, 3136, 16), forward + backward,
   against its compute floor: the vector operations the kernel must issue per (row, step, state), divided
   by the rate at which this CPU's sgemm (torch's matmul) retires multiply-adds, measured in the same run.
@@ -97,21 +99,21 @@ def race(rows, rounds: int) -> dict:
 
 
 def onnx_row(size: int, batch: int, rounds: int) -> dict:
-    import onnxruntime as ort
-
-    from medmamba.export import export_onnx
+    """PyTorch, and onnxruntime on both exported forms of the scan (plain operators; fused nodes), in turns."""
+    from medmamba.export import export_onnx, onnx_session
     model = build("medmamba_t").eval()
     x = torch.randn(batch, 3, size, size)
+    feeds = {"image": x.numpy()}
     with tempfile.TemporaryDirectory() as tmp:
-        path, check = export_onnx(model, Path(tmp) / "m.onnx", size, tolerance=1e-4)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {"image": x.numpy()}
-        fns = {"pytorch": lambda: model(x), "onnxruntime": lambda: session.run(["logits"], feeds)}
+        fns, diffs = {"pytorch": lambda: model(x)}, {}
+        for form, fused in (("chunked", False), ("fused", True)):
+            path, check = export_onnx(model, Path(tmp) / f"{form}.onnx", size, tolerance=1e-4, fused_scan=fused)
+            session = onnx_session(path, threads=torch.get_num_threads())
+            fns[form] = lambda session=session: session.run(["logits"], feeds)
+            diffs[form] = check.max_abs_diff
         with torch.inference_mode():
             seconds = medians(fns, rounds)
-    return {"max_abs_diff": check.max_abs_diff, **{k: batch / t for k, t in seconds.items()}}
+    return {"max_abs_diff": diffs, **{k: batch / t for k, t in seconds.items()}}
 
 
 # Vector operations per (row, step, state) element, counted from ops/scan_cpu.py's inner loops (an FMA,
@@ -181,22 +183,16 @@ def profile(key: str, steps: int = 3, rows: int = 12):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def profile_onnx(size: int = 64, batch: int = 32, steps: int = 3, rows: int = 12):
+def profile_onnx(fused: bool = False, size: int = 64, batch: int = 32, steps: int = 3, rows: int = 12):
     """onnxruntime's own profile of the exported MedMamba-T: time per operator type, summed over ``steps`` runs."""
     import collections
     import json
 
-    import onnxruntime as ort
-
-    from medmamba.export import export_onnx
+    from medmamba.export import export_onnx, onnx_session
     x = torch.randn(batch, 3, size, size).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        path, _ = export_onnx(build("medmamba_t").eval(), Path(tmp) / "m.onnx", size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        path, _ = export_onnx(build("medmamba_t").eval(), Path(tmp) / "m.onnx", size, fused_scan=fused)
+        session = onnx_session(path, threads=torch.get_num_threads(), profile=str(Path(tmp) / "ort"))
         session.run(["logits"], {"image": x})
         for _ in range(steps):
             session.run(["logits"], {"image": x})
@@ -217,12 +213,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--rows", nargs="+", default=[*ROWS, "onnx", "scan"], choices=[*ROWS, "onnx", "scan"])
-    parser.add_argument("--profile", choices=[*ROWS, "onnx"],
+    parser.add_argument("--profile", choices=[*ROWS, "onnx", "onnx_fused"],
                         help="instead of the table: MedMamba-T's operator profile (torch.profiler, or onnxruntime's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.profile:
-        return profile_onnx() if args.profile == "onnx" else profile(args.profile)
+        if args.profile.startswith("onnx"):
+            return profile_onnx(fused=args.profile == "onnx_fused")
+        return profile(args.profile)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; medians of {args.rounds} interleaved rounds")
     table = race([r for r in args.rows if r in ROWS], args.rounds)
@@ -234,9 +232,10 @@ def main(argv=None):
                   f"{r['timm/resnet50']:.1f} img/s | {r['medmamba_t'] / r['timm/resnet50']:.2f}x |")
     if "onnx" in args.rows:
         o = onnx_row(64, 32, args.rounds)
-        print(f"\nONNX, 64 px batch 32: PyTorch (cpu scan) {o['pytorch']:.1f} img/s, onnxruntime "
-              f"{o['onnxruntime']:.1f} img/s: onnxruntime / PyTorch {o['onnxruntime'] / o['pytorch']:.2f}x "
-              f"(export check: max |difference| {o['max_abs_diff']:.1e}, tolerance 1e-4)")
+        print(f"\nONNX, 64 px batch 32: PyTorch (cpu scan) {o['pytorch']:.1f} img/s")
+        for form, what in (("chunked", "plain operators (any runtime)"), ("fused", "fused scan nodes (--fused-scan)")):
+            print(f"  onnxruntime, {what}: {o[form]:.1f} img/s: onnxruntime / PyTorch {o[form] / o['pytorch']:.2f}x "
+                  f"(export check: max |difference| {o['max_abs_diff'][form]:.1e}, tolerance 1e-4)")
     if "scan" in args.rows:
         s = scan_row()
         ops = FORWARD_OPS + BACKWARD_OPS

@@ -15,7 +15,8 @@ from .test_data import MEDMNIST, needs_medmnist
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-from medmamba.export import check_onnx, export_onnx  # noqa: E402
+from medmamba.export import check_onnx, export_onnx, onnx_session  # noqa: E402
+from medmamba.models.medmamba import SS2D  # noqa: E402
 
 
 def run_onnx(path, x):
@@ -36,8 +37,9 @@ def test_onnx_matches_pytorch_dynamic_batch_odd_size(tmp_path):
         assert np.abs(run_onnx(path, x) - expected).max() <= 1e-4
     proto = onnx.load(str(path))
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
-    meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["medmamba"])["classes"] == ["a", "b", "c"]
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["medmamba"])
+    assert meta["classes"] == ["a", "b", "c"] and meta["onnx_scan"] == "chunked"
+    assert all(n.domain == "" for n in proto.graph.node)  # plain ONNX operators only: any runtime runs it
 
 
 @needs_medmnist
@@ -63,6 +65,44 @@ def test_onnx_on_real_images_and_cli(tmp_path, capsys):
     before = out.read_bytes()
     assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--output", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_fused_scan_nodes_match_pytorch_dynamic_batch_odd_size(tmp_path):
+    pytest.importorskip("onnxruntime_extensions")
+    from medmamba.ops import scan_onnx
+    torch.manual_seed(0)
+    model = create_model("medmamba_t", num_classes=3, in_chans=3, depths=[1, 2], dims=[8, 16]).eval()
+    path, check = export_onnx(model, tmp_path / "m.onnx", (36, 20), fused_scan=True)
+    assert check.max_abs_diff <= 1e-4
+    proto = onnx.load(str(path))
+    fused = [n for n in proto.graph.node if (n.domain, n.op_type) == (scan_onnx.DOMAIN, scan_onnx.OP_TYPE)]
+    assert len(fused) == sum(isinstance(m, SS2D) for m in model.modules()) == 3
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["medmamba"])["onnx_scan"] == "fused"
+    session = onnx_session(path)
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 3, 36, 20)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(session.run(["logits"], {"image": x.numpy()})[0] - expected).max() <= 1e-4
+    # the nodes are the scan: without their implementation onnxruntime cannot open the file
+    with pytest.raises(Exception, match=scan_onnx.OP_TYPE):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # the node's outputs go back to onnxruntime as arrays, not as Python lists (0.4 s per 12 MB)
+    assert scan_onnx._fast_outputs
+
+
+def test_fused_scan_refused_where_it_does_not_apply(tmp_path, capsys):
+    conv = torch.nn.Conv2d(3, 2, 3)
+    with pytest.raises(MedMambaError, match="MedMamba models only"):
+        export_onnx(conv, tmp_path / "m.onnx", 16, in_chans=3, fused_scan=True)
+    assert list(tmp_path.iterdir()) == []
+    model = create_model("medmamba_t", num_classes=2, in_chans=1, depths=[1], dims=[8]).eval()
+    config = {"model": "medmamba_t", "model_args": {"depths": [1], "dims": [8]}, "num_classes": 2, "in_chans": 1,
+              "classes": ["a", "b"], "task": "binary-class", "img_size": 16, "mean": 0.5, "std": 0.5}
+    save_pretrained(model, config, tmp_path / "run")
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(tmp_path / "run"), "--format", "safetensors", "--fused-scan", "--output", str(out)]) == 2
+    assert "--fused-scan applies to --format onnx" in capsys.readouterr().err and not out.exists()
 
 
 def test_failed_check_leaves_nothing(tmp_path):

@@ -229,7 +229,10 @@ def _export(args) -> int:
     import torch
 
     from .checkpoint import save_pretrained
+    from .errors import MedMambaError
     from .inference import require_inputs
+    if args.fused_scan and args.format != "onnx":
+        raise MedMambaError("--fused-scan applies to --format onnx only")
     predictor = _predictor(args)
     card = predictor.card
     if args.format == "safetensors":
@@ -248,7 +251,7 @@ def _export(args) -> int:
           "this takes a minute or more", flush=True)
     path, check = export_onnx(predictor.model, args.output, img_size, opset=args.opset, overwrite=args.overwrite,
                               check_images=images, metadata=metadata,
-                              in_chans=predictor.channels)
+                              in_chans=predictor.channels, fused_scan=args.fused_scan)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input 'image' (batch, {predictor.channels}, "
           f"{img_size}, {img_size}), output 'logits'; dynamic batch")
     print(f"onnxruntime vs PyTorch: max abs difference {check.max_abs_diff:.3g} on {check.inputs} "
@@ -377,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--img-size", type=int, help="ONNX input size (default: the training size)")
     ex.add_argument("--opset", type=int, default=18)
     ex.add_argument("--check-images", nargs="*", help="real images also compared between onnxruntime and PyTorch")
+    ex.add_argument("--fused-scan", action="store_true",
+                    help="MedMamba: each SS2D scan as one custom node that onnxruntime runs with medmamba's CPU kernel "
+                         "(several times faster; the file then needs Python with medmamba and onnxruntime-extensions, "
+                         "opened with medmamba.export.onnx_session). Default: plain ONNX operators, any runtime")
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=_export)
     return parser

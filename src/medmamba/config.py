@@ -113,7 +113,7 @@ SCHEMA: dict[str, Any] = {
                       _mapping_ok),
     "pretrained": text(None, "weights to start from: a checkpoint file, or a training run's folder (its best)"),
     "drop_path_rate": number(0.1, "stochastic depth, rising linearly over the blocks", 0, 1, hi_open=True),
-    "scan_backend": Key("auto", "selective-scan backend: auto, reference, chunked, cpu, triton, mamba_ssm",
+    "scan_backend": Key("auto", "selective-scan backend: auto, reference, chunked, cpu, onnx_node, triton, mamba_ssm",
                         "auto or a backend name (`medmamba info` lists those available)",
                         lambda v: v in _backend_names()),
     "data": {

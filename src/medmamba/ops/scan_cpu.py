@@ -486,21 +486,36 @@ def _block_rows(batch: int, n_u: int, n_rows: int, groups: int, threads: int) ->
     return BLOCK_ROWS // 4
 
 
+def _forward(u, delta, A, B, C, D, bias, order, softplus, threads, keep_states):
+    """The forward kernel on pixel-major numpy arrays: (y, the states kept for the backward, rows per block)."""
+    batch, length, n_u = u.shape
+    rows = _block_rows(batch, n_u, delta.shape[2], B.shape[2], threads)
+    y = np.empty_like(u)
+    shape = (batch, delta.shape[2], -(-length // SEGMENT), A.shape[1]) if keep_states else (0, 0, 0, 0)
+    starts = np.empty(shape, u.dtype)
+    _scan_fwd(u, delta, A, B, C, D, bias, softplus, order, rows, y, starts)
+    return y, starts, rows
+
+
+def cross_selective_scan_numpy(u, delta, A, B, C, D, bias, height, width, softplus):
+    """SS2D's scan (forward only) on numpy arrays, pixel-major as ``pixel_rows`` lays them out; no torch
+    tensors in or out. This is what ``scan_onnx``'s ONNX node runs inside onnxruntime."""
+    args = [np.ascontiguousarray(a) for a in (u, delta, A, B, C, D, bias)]
+    y, _, _ = _forward(*args, _cross_orders(height, width).numpy(), bool(softplus), numba.get_num_threads(),
+                       keep_states=False)
+    return y
+
+
 class _FusedScan(torch.autograd.Function):
     """Pixel-major: u (batch, L, Du); delta (batch, L, rows); A (rows, N); B, C (batch, L, groups, N);
     D, bias (rows,); order (groups, L) int32. Returns (batch, L, Du): each channel's rows summed."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, bias, order, softplus):
-        y = torch.empty_like(u)
-        batch, length, n_u = u.shape
-        n_segments = -(-length // SEGMENT)
-        shape = (batch, delta.shape[2], n_segments, A.shape[1]) if any(ctx.needs_input_grad) else (0, 0, 0, 0)
-        starts = torch.empty(shape, dtype=u.dtype)
         with _torch_threads() as threads:
-            rows = _block_rows(batch, n_u, delta.shape[2], B.shape[2], threads)
-            _scan_fwd(_np(u), _np(delta), _np(A), _np(B), _np(C), _np(D), _np(bias), softplus, _np(order), rows,
-                      _np(y), _np(starts))
+            y, starts, rows = _forward(*(_np(t) for t in (u, delta, A, B, C, D, bias, order)), softplus, threads,
+                                       keep_states=any(ctx.needs_input_grad))
+        y, starts = torch.from_numpy(y), torch.from_numpy(starts)
         ctx.save_for_backward(u, delta, A, B, C, D, bias, order, starts)
         ctx.softplus = softplus
         ctx.rows = rows

@@ -72,6 +72,11 @@ def _load_cpu_cross():
     return scan_cpu.cross_selective_scan_cpu
 
 
+def _load_onnx_node():
+    from . import scan_onnx
+    return scan_onnx.cross_selective_scan_node
+
+
 def _load_triton():
     from . import scan_triton
     return scan_triton.selective_scan_triton
@@ -102,6 +107,9 @@ BACKENDS: dict[str, Backend] = {
     "chunked": Backend("chunked", lambda: True, _load_chunked),
     "cpu": Backend("cpu", _numba_importable, _load_cpu, _load_cpu_cross, devices=("cpu",),
                    why_unavailable="numba is not importable"),
+    # SS2D's scan as one custom ONNX node (export --fused-scan); run eagerly, the cpu kernel. Never "auto".
+    "onnx_node": Backend("onnx_node", _numba_importable, _load_cpu, _load_onnx_node, devices=("cpu",),
+                         why_unavailable="numba is not importable"),
     "triton": Backend("triton", _triton_importable, _load_triton, _load_triton_cross, devices=("cuda",),
                       why_unavailable="triton is not importable"),
     "mamba_ssm": Backend("mamba_ssm", lambda: _module_exists("mamba_ssm"), _load_mamba_ssm, devices=("cuda",),
