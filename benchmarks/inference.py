@@ -4,8 +4,9 @@
 
 1. Prediction from files, as `medmamba predict` runs it (PNG decoding, resize, model, CSV rows): the
    BreastMNIST test images written as PNG, with the cpu scan backend and with the reference scan.
-2. The same model exported to ONNX (chunked scan) and run by onnxruntime, beside PyTorch with the cpu
-   backend, on one batch of preprocessed images: images/s and the largest logit difference.
+2. The same model exported to ONNX in both forms of the scan (plain operators, the default; fused nodes,
+   `--fused-scan`) and run by onnxruntime, beside PyTorch with the cpu backend, on one batch of
+   preprocessed real images: images/s and the largest logit difference against PyTorch on them.
 Untrained weights: speed does not depend on them. Wall times include nothing of JIT compilation.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 import medmamba
 from medmamba.checkpoint import save_pretrained
 from medmamba.data import MedMNIST
-from medmamba.export import export_onnx
+from medmamba.export import export_onnx, onnx_session
 from medmamba.inference import Predictor
 
 
@@ -72,20 +73,22 @@ def main():
         print(f"   cpu / reference: x{rates['cpu'] / rates['reference']:.1f}")
 
         print(f"\n2. ONNX Runtime vs PyTorch, batch {args.batch_size}")
-        t0 = time.perf_counter()
-        path, check = export_onnx(model, tmp / "model.onnx", args.img_size)
-        print(f"   export + check: {time.perf_counter() - t0:.0f} s, {path.stat().st_size / 1e6:.1f} MB, "
-              f"max |onnxruntime - PyTorch| {check.max_abs_diff:.2e}")
-        import onnxruntime as ort
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x = torch.stack([predictor.transform(torch.from_numpy(np.asarray(data.images[i]))[None])
                          for i in range(args.batch_size)])
         with torch.no_grad():
             t_torch = timed(lambda: model(x))
-        t_ort = timed(lambda: session.run(["logits"], {"image": x.numpy()}))
-        print(f"   PyTorch, cpu scan backend   {args.batch_size / t_torch:8.1f} images/s")
-        print(f"   onnxruntime, chunked scan   {args.batch_size / t_ort:8.1f} images/s  "
-              f"(x{t_torch / t_ort:.2f} of PyTorch)")
+            expected = model(x).numpy()
+        print(f"   PyTorch, cpu scan backend      {args.batch_size / t_torch:8.1f} images/s")
+        for form, fused in (("chunked scan", False), ("fused scan nodes", True)):
+            t0 = time.perf_counter()
+            path, check = export_onnx(model, tmp / f"{form[:5]}.onnx", args.img_size, fused_scan=fused)
+            session = onnx_session(path, threads=torch.get_num_threads())
+            got = session.run(["logits"], {"image": x.numpy()})[0]
+            t_ort = timed(lambda: session.run(["logits"], {"image": x.numpy()}))
+            print(f"   onnxruntime, {form:<17} {args.batch_size / t_ort:8.1f} images/s  (x{t_torch / t_ort:.2f} of "
+                  f"PyTorch); export + check {time.perf_counter() - t0:.0f} s, {path.stat().st_size / 1e6:.1f} MB, "
+                  f"max |onnxruntime - PyTorch| {check.max_abs_diff:.2e} (random), "
+                  f"{np.abs(got - expected).max():.2e} (these images)")
 
 
 if __name__ == "__main__":
