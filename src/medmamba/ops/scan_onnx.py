@@ -1,8 +1,8 @@
 """SS2D's scan as one ONNX node run by the fused CPU kernel inside onnxruntime (``medmamba export --fused-scan``).
 
 ONNX has no selective scan, so the portable export spells it out in plain tensor operations
-(``scan_chunked``), which any runtime executes but onnxruntime runs at a fifth of PyTorch's speed: each
-operation streams a (batch, rows, chunks, N) tensor through memory (BENCHMARKS.md). Here each SS2D scan is
+(``scan_chunked``), which any runtime executes but onnxruntime runs at a sixth to a tenth of PyTorch's
+speed: each operation streams a (batch, rows, chunks, N) tensor through memory (BENCHMARKS.md). Here each SS2D scan is
 one node, ``ai.onnx.contrib::MedMambaCrossScan``, with the fused kernel's pixel-major inputs, and its
 implementation is ``scan_cpu``'s numba forward, declared to onnxruntime through onnxruntime-extensions'
 Python operators. No compiler is needed anywhere, but such a file runs only where Python, medmamba and
