@@ -91,7 +91,7 @@ def test_fused_scan_nodes_match_pytorch_dynamic_batch_odd_size(tmp_path):
     assert scan_onnx._fast_outputs
 
 
-def test_fused_scan_refused_where_it_does_not_apply(tmp_path, capsys):
+def test_fused_scan_cli_and_where_it_is_refused(tmp_path, capsys):
     conv = torch.nn.Conv2d(3, 2, 3)
     with pytest.raises(MedMambaError, match="MedMamba models only"):
         export_onnx(conv, tmp_path / "m.onnx", 16, in_chans=3, fused_scan=True)
@@ -103,6 +103,9 @@ def test_fused_scan_refused_where_it_does_not_apply(tmp_path, capsys):
     out = tmp_path / "w.safetensors"
     assert main(["export", str(tmp_path / "run"), "--format", "safetensors", "--fused-scan", "--output", str(out)]) == 2
     assert "--fused-scan applies to --format onnx" in capsys.readouterr().err and not out.exists()
+    onnx_out = tmp_path / "fused.onnx"
+    assert main(["export", str(tmp_path / "run"), "--fused-scan", "--output", str(onnx_out)]) == 0
+    assert "onnx_session" in capsys.readouterr().out and onnx_out.exists()
 
 
 def test_failed_check_leaves_nothing(tmp_path):

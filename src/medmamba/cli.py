@@ -256,6 +256,9 @@ def _export(args) -> int:
           f"{img_size}, {img_size}), output 'logits'; dynamic batch")
     print(f"onnxruntime vs PyTorch: max abs difference {check.max_abs_diff:.3g} on {check.inputs} "
           f"(batches {', '.join(map(str, check.batches))})")
+    if args.fused_scan:
+        print("its scans are fused nodes: open it with medmamba.export.onnx_session(path) where medmamba and "
+              "onnxruntime-extensions are installed (other ONNX runtimes cannot run it)")
     return 0
 
 
