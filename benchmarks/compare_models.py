@@ -37,8 +37,8 @@ def record_path(results: Path, dataset: str, model: str, seed: int) -> Path:
 
 def best_validation(run: Path) -> dict:
     """The epoch the run kept and its validation figures (metrics.jsonl), for the recipe's validation evidence."""
-    from medmamba.card import read_card
-    from medmamba.run_dir import RunDir
+    from medmamba.artifacts.card import read_card
+    from medmamba.artifacts.run_dir import RunDir
     folder = RunDir(run)
     rows = [json.loads(line) for line in folder.metrics_jsonl.read_text().splitlines() if line.strip()]
     best = read_card(folder.weights("best")).epoch
@@ -55,10 +55,10 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     of the kept checkpoint and the test probabilities. The record (a few tens of kB) is all the table needs, so
     the results folder can be kept (committed) while the run folders with their checkpoints are thrown away."""
     from medmamba.config import load_config
-    from medmamba.files import atomic_write_text
-    from medmamba.run_dir import RunDir
-    from medmamba.runs import run_outputs
-    from medmamba.train import train
+    from medmamba.artifacts.files import atomic_write_text
+    from medmamba.artifacts.run_dir import RunDir
+    from medmamba.evaluation.runs import run_outputs
+    from medmamba.training.trainer import train
     record = record_path(Path(args.results), dataset, model, seed)
     out = run_dir(Path(args.output), dataset, model, seed)
     folder = RunDir(out)
@@ -137,7 +137,7 @@ def _host() -> str:
 def _resolved_config(run: Path) -> dict:
     import yaml
 
-    from medmamba.run_dir import RunDir
+    from medmamba.artifacts.run_dir import RunDir
     return yaml.safe_load(RunDir(run).config.read_text())
 
 
@@ -156,7 +156,7 @@ def outputs_of(records: list[dict]):
 
 def summarise(rows: list[dict], args) -> list[dict]:
     """mean +- sd per (dataset, model), and the paired comparison of seed ensembles with the reference."""
-    from medmamba.reports import compare_outputs
+    from medmamba.evaluation.reports import compare_outputs
     table = []
     for dataset in args.datasets:
         outputs = {}

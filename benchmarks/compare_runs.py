@@ -46,8 +46,8 @@ def views(x: torch.Tensor) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def view_probabilities(run: str, overrides) -> tuple[object, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
     """(data, {split: (labels, {view: class probabilities})}) of a run's best checkpoint on val and test."""
-    from medmamba.prediction import class_probabilities
-    from medmamba.runs import load_run
+    from medmamba.evaluation.prediction import class_probabilities
+    from medmamba.evaluation.runs import load_run
     model, data, cfg, _ = load_run(run, ("val", "test"), overrides=overrides)
     model.eval()
     batch = cfg["eval_batch_size"]
@@ -65,7 +65,7 @@ def view_probabilities(run: str, overrides) -> tuple[object, dict[str, tuple[np.
 
 def acc_auc(data, y, probs) -> tuple[float, float]:
     """MedMNIST's ACC and AUC, as the evaluate command computes them."""
-    from medmamba.metrics import classification_metrics
+    from medmamba.evaluation.metrics import classification_metrics
     m = classification_metrics(y, probs, data.task, data.classes)["medmnist"]
     return m["acc"], m["auc"]
 
@@ -136,7 +136,7 @@ def plot_missed(images, y, p_true, notes, class_names, path, n_runs):
 
 
 def agreement(runs, overrides, plot=None):
-    from medmamba.runs import run_predictions
+    from medmamba.evaluation.runs import run_predictions
     probs, y, data = [], None, None
     for run in runs:
         y, p, data, *_ = run_predictions(run, "test", overrides=overrides, device="cpu")

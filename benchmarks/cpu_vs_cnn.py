@@ -43,14 +43,14 @@ def config(name: str) -> dict:
 
 
 def build(name: str) -> torch.nn.Module:
-    from medmamba.runs import build_model
+    from medmamba.evaluation.runs import build_model
     torch.manual_seed(0)
     cfg = config(name)
     return build_model(cfg, 2, 3, drop_path_rate=cfg["drop_path_rate"])
 
 
 def step_fn(name: str, size: int, batch: int, train: bool):
-    from medmamba.optim import build_optimizer
+    from medmamba.training.optim import build_optimizer
     model = build(name)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 2, (batch,))
@@ -100,7 +100,7 @@ def race(rows, rounds: int) -> dict:
 
 def onnx_row(size: int, batch: int, rounds: int) -> dict:
     """PyTorch, and onnxruntime on both exported forms of the scan (plain operators; fused nodes), in turns."""
-    from medmamba.export import export_onnx, onnx_session
+    from medmamba.deploy.export import export_onnx, onnx_session
     model = build("medmamba_t").eval()
     x = torch.randn(batch, 3, size, size)
     feeds = {"image": x.numpy()}
@@ -188,7 +188,7 @@ def profile_onnx(fused: bool = False, size: int = 64, batch: int = 32, steps: in
     import collections
     import json
 
-    from medmamba.export import export_onnx, onnx_session
+    from medmamba.deploy.export import export_onnx, onnx_session
     x = torch.randn(batch, 3, size, size).numpy()
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = export_onnx(build("medmamba_t").eval(), Path(tmp) / "m.onnx", size, fused_scan=fused)

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 
 import medmamba
-from medmamba.checkpoint import save_pretrained
+from medmamba.artifacts.checkpoint import save_pretrained
 from medmamba.data import MedMNIST
-from medmamba.export import export_onnx, onnx_session
-from medmamba.inference import Predictor
+from medmamba.deploy.export import export_onnx, onnx_session
+from medmamba.deploy.inference import Predictor
 
 
 def timed(fn, repeats=3):

@@ -17,8 +17,8 @@ CURVES = "curves.json"
 
 def run(recipe: str, output: str, data_root: str, overrides: list[str]):
     from medmamba.config import load_config
-    from medmamba.run_dir import RunDir
-    from medmamba.train import train
+    from medmamba.artifacts.run_dir import RunDir
+    from medmamba.training.trainer import train
 
     cfg = load_config(recipe, [f"data.root={data_root}", *overrides])
     result = train(cfg, output, overwrite=True, test_split=None)

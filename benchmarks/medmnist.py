@@ -31,8 +31,8 @@ def run_recipe(name: str, seed: int, out: Path, args, extra=()) -> dict:
     """Train one seed of a recipe, evaluate its best checkpoint on the test split (with and without TTA)."""
     from medmamba.config import load_config
     from medmamba.data.builder import build_data
-    from medmamba.prediction import evaluate
-    from medmamba.train import train
+    from medmamba.evaluation.prediction import evaluate
+    from medmamba.training.trainer import train
     recipe = REPO / RECIPES[name]
     cfg = load_config(recipe, [f"data.root={args.data_root}", *extra, *args.set, f"seed={seed}"])
     t0 = time.time()
@@ -63,8 +63,8 @@ def main():
                         help="train the recipe once per seed; with several, also report the ensemble (probabilities "
                              "averaged) and the total wall time")
     args = parser.parse_args()
-    from medmamba.reports import PUBLISHED
-    from medmamba.runs import evaluate_runs
+    from medmamba.evaluation.reports import PUBLISHED
+    from medmamba.evaluation.runs import evaluate_runs
     rows, pretrained = [], {}
     for name in [args.only] if args.only else DATASETS:
         extra, pre_wall = [], 0.0

@@ -9,7 +9,7 @@ from PIL import Image
 
 from medmamba.cli import main
 from medmamba.data import MedMNIST
-from medmamba.train import train
+from medmamba.training.trainer import train
 
 from .test_data import MEDMNIST, needs_medmnist
 from .test_train import TINY, tiny_cfg
@@ -78,7 +78,7 @@ def test_unknown_timm_name_is_one_line_saying_how_to_list(tmp_path):
 def test_temperature_is_applied_by_predict(resnet_run, tmp_path):
     import torch
 
-    from medmamba.inference import Predictor
+    from medmamba.deploy.inference import Predictor
     out, _ = resnet_run
     predictor = Predictor.from_checkpoint(out, device="cpu")
     x = torch.randn(2, 1, 28, 28)
@@ -117,7 +117,7 @@ def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys)
     # The small records alone (no checkpoints) give the same table, ensembles and comparison included
     import shutil
 
-    from medmamba.runs import run_outputs
+    from medmamba.evaluation.runs import run_outputs
     records = tmp_path / "records"
     shutil.copytree(out, records, ignore=lambda folder, names: [n for n in names if (Path(folder) / n).is_dir()
                                                                  and n.startswith("seed")])

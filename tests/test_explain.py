@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from medmamba import create_model
-from medmamba.checkpoint import save_pretrained
+from medmamba.artifacts.checkpoint import save_pretrained
 from medmamba.cli import main
-from medmamba.explain import class_activation_map, overlay
+from medmamba.deploy.explain import class_activation_map, overlay
 
 SIZE, CORNER = 32, 10
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medmamba import create_model, load_model
-from medmamba.checkpoint import save_pretrained
+from medmamba.artifacts.checkpoint import save_pretrained
 from medmamba.cli import main
 from medmamba.errors import MedMambaError
 
@@ -15,7 +15,7 @@ from .test_data import MEDMNIST, needs_medmnist
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-from medmamba.export import check_onnx, export_onnx, onnx_session  # noqa: E402
+from medmamba.deploy.export import check_onnx, export_onnx, onnx_session  # noqa: E402
 from medmamba.models.medmamba import SS2D  # noqa: E402
 
 

@@ -9,11 +9,11 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from medmamba import create_model, load_model
-from medmamba.checkpoint import save_pretrained
+from medmamba.artifacts.checkpoint import save_pretrained
 from medmamba.cli import main
 from medmamba.data import read_image
 from medmamba.errors import CheckpointError, DataError
-from medmamba.inference import Predictor
+from medmamba.deploy.inference import Predictor
 
 TINY_ARGS = {"depths": [1, 1], "dims": [8, 16]}
 CLASSES = ["benign, typical", "malignant", "other"]
@@ -47,7 +47,7 @@ def test_named_weights_file_gets_a_config_of_the_same_stem(tmp_path):
     model, weights = saved_model(tmp_path / "breast_v2.safetensors")
     assert weights == tmp_path / "breast_v2.safetensors" and (tmp_path / "breast_v2.json").is_file()
     assert load_model(weights).num_classes == 3
-    with pytest.raises(CheckpointError, match="exist; pass overwrite"):
+    with pytest.raises(CheckpointError, match="exists; pass --overwrite"):
         save_pretrained(model, {"model": "medmamba_t"}, weights)
 
 
@@ -203,7 +203,7 @@ def test_predict_reads_dicom(tmp_path):
 
 
 def test_binary_operating_point_from_the_card_decides_the_predicted_class():
-    from medmamba.inference import PredictionResult
+    from medmamba.deploy.inference import PredictionResult
     probs = np.array([[0.7, 0.3], [0.9, 0.1], [0.4, 0.6]])
     plain = PredictionResult(["a", "b", "c"], probs, ["malignant", "benign"], False)
     assert plain.predicted() == ["malignant", "malignant", "benign"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-from medmamba.metrics import classification_metrics
+from medmamba.evaluation.metrics import classification_metrics
 
 
 def softmax(z):
@@ -83,7 +83,7 @@ def test_absent_class_gives_nan_auc_not_a_crash():
 def test_tta_averages_each_image_with_its_mirror():
     import torch
 
-    from medmamba.prediction import predict
+    from medmamba.evaluation.prediction import predict
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))  # not mirror-invariant
     images, labels = torch.randn(10, 1, 3, 4), torch.arange(10) % 3
@@ -99,7 +99,7 @@ def test_tta_averages_each_image_with_its_mirror():
 
 def test_binary_headline_follows_the_named_positive_class():
     # as in test_hand_computed_binary_case, with "neg" named positive: its sensitivity 2/3, specificity 3/4
-    from medmamba.reports import assess, metrics_table
+    from medmamba.evaluation.reports import assess, metrics_table
     y = np.array([0, 0, 0, 1, 1, 1, 1])
     p1 = np.array([0.2, 0.7, 0.1, 0.8, 0.9, 0.4, 0.6])
     probs = np.stack([1 - p1, p1], 1)

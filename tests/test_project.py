@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medmamba.data import medmnist_subsets
-from medmamba.reports import PUBLISHED, published_table
+from medmamba.evaluation.reports import PUBLISHED, published_table
 
 from .conftest import REPO
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from medmamba.cli import main
-from medmamba.train import train
+from medmamba.training.trainer import train
 
 from .conftest import REPO
 from .test_data import MEDMNIST, needs_medmnist
@@ -189,7 +189,7 @@ def test_api_under_a_burst_of_50_concurrent_requests(server, images, tmp_path):
 
 def test_serve_refuses_paths_that_were_not_uploaded(tmp_path):
     from medmamba.errors import MedMambaError
-    from medmamba.serve import Service
+    from medmamba.deploy.serve import Service
     service = Service([], tmp_path / "uploads")
     (tmp_path / "uploads" / "x").mkdir(parents=True)
     (tmp_path / "uploads" / "x" / "a.png").write_bytes(b"")
@@ -203,8 +203,8 @@ def test_several_models_a_selector_and_their_ensemble(tmp_path, images):
     import torch
 
     from medmamba import create_model
-    from medmamba.checkpoint import save_pretrained
-    from medmamba.serve import ENSEMBLE, Service, load_models
+    from medmamba.artifacts.checkpoint import save_pretrained
+    from medmamba.deploy.serve import ENSEMBLE, Service, load_models
     runs = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -229,8 +229,8 @@ def test_map_of_the_predicted_class_follows_the_cards_threshold(tmp_path, images
     import torch
 
     from medmamba import create_model
-    from medmamba.checkpoint import save_pretrained
-    from medmamba.serve import Service, load_models
+    from medmamba.artifacts.checkpoint import save_pretrained
+    from medmamba.deploy.serve import Service, load_models
     torch.manual_seed(0)
     model = create_model("medmamba_t", num_classes=2, in_chans=1, depths=[1, 1], dims=[8, 16]).eval()
     card = {"model": "medmamba_t", "model_args": {"depths": [1, 1], "dims": [8, 16]}, "num_classes": 2,

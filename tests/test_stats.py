@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medmamba.calibration import (brier, calibration_metrics, fit_temperature, nll, operating_point, probabilities,
+from medmamba.evaluation.calibration import (brier, calibration_metrics, fit_temperature, nll, operating_point, probabilities,
                                   reliability, single_class_share, threshold_for_sensitivity)
-from medmamba.stats import (auc_rank, bootstrap_intervals, delong_test, paired_bootstrap, point_metrics,
+from medmamba.evaluation.stats import (auc_rank, bootstrap_intervals, delong_test, paired_bootstrap, point_metrics,
                             stratified_resamples)
 
 
@@ -177,7 +177,7 @@ def test_single_class_share_flags_a_constant_predictor():
 @pytest.mark.parametrize("k", [2, 3])
 def test_interval_figures_are_the_reports_figures(k):
     # the bootstrap resamples point_metrics; its figures on the full set must be the report's own
-    from medmamba.metrics import classification_metrics
+    from medmamba.evaluation.metrics import classification_metrics
     rng = np.random.default_rng(k)
     y = rng.integers(0, k, 200)
     logits = rng.normal(size=(200, k)) + 1.2 * np.eye(k)[y]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from medmamba.config import load_config
 from medmamba.errors import MedMambaError, TrainingError
-from medmamba.train import train
+from medmamba.training.trainer import train
 
 from .conftest import REPO, SHARED
 from .test_data import needs_medmnist
@@ -59,7 +59,7 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
 
 
 def test_fine_tuning_starts_from_another_runs_best_weights(tmp_path):
-    from medmamba.train import Trainer
+    from medmamba.training.trainer import Trainer
     first = tmp_path / "first"
     train(tiny_cfg(), first, progress=False, test_split=None)
     best = load_file(str(first / "checkpoints" / "best" / "model.safetensors"))
@@ -77,7 +77,7 @@ KILL_AT_STEP = 7  # epoch 2 of 3, two steps in; the last checkpoint before it is
 DRIVER = """
 import os, signal, sys
 from medmamba.config import load_config
-from medmamba.train import train
+from medmamba.training.trainer import train
 overrides = sys.argv[3:]
 def kill(trainer):
     if sys.argv[2] == "kill" and trainer.state.global_step == {kill}:
@@ -107,31 +107,45 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
 
 
 def test_mixup_blends_inputs_and_labels_in_one_proportion():
-    from types import SimpleNamespace
-
     import torch.nn.functional as F
 
-    from medmamba.train import Trainer
+    from medmamba.training.loss import TrainingLoss
     seen = []
 
     def model(x):
         seen.append(x)
         return x.flatten(1)[:, :3] * 3
-    stub = SimpleNamespace(cfg={"mixup": 0.4, "amp": None, "label_smoothing": 0.0}, device="cpu", ddp_model=model,
-                           data=SimpleNamespace(multi_label=False), class_weights=None)
-    stub._loss = lambda logits, y: Trainer._loss(stub, logits, y)
+    loss_fn = TrainingLoss(multi_label=False, mixup=0.4)
     x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     torch.manual_seed(5)
-    loss = Trainer._mixed_loss(stub, x, y)
+    loss = loss_fn(model, x, y)
     torch.manual_seed(5)
     lam, perm = float(torch.distributions.Beta(0.4, 0.4).sample()), torch.randperm(6)
     assert 0.01 < lam < 0.99 and not torch.equal(perm, torch.arange(6))  # a real blend at this seed
     torch.testing.assert_close(seen[0], lam * x + (1 - lam) * x[perm])
     logits = model(seen[0])
     torch.testing.assert_close(loss, lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm]))
-    stub.cfg["mixup"] = 0.0  # off: the plain loss on the unblended batch
-    torch.testing.assert_close(Trainer._mixed_loss(stub, x, y), F.cross_entropy(model(x), y))
+    plain = TrainingLoss(multi_label=False)  # off: the plain loss on the unblended batch
+    torch.testing.assert_close(plain(model, x, y), F.cross_entropy(model(x), y))
     assert torch.equal(seen[-1], x)
+
+
+def test_loss_class_weights_and_label_smoothing_from_the_config():
+    import torch.nn.functional as F
+
+    from medmamba.data.builder import build_data
+    from medmamba.training.loss import TrainingLoss
+    cfg = tiny_cfg("class_weights=balanced", "label_smoothing=0.1")
+    data = build_data(cfg, splits=("train",))
+    loss_fn = TrainingLoss.from_config(cfg, data, "cpu")
+    counts = np.bincount(data.splits["train"].labels, minlength=2)
+    expected = torch.tensor(len(data.splits["train"]) / (2 * counts), dtype=torch.float32)
+    torch.testing.assert_close(loss_fn.class_weights, expected)
+    logits, y = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
+    torch.testing.assert_close(loss_fn(lambda x: x, logits, y),
+                               F.cross_entropy(logits, y, weight=expected, label_smoothing=0.1))
+    with pytest.raises(MedMambaError, match="class_weights has 3 values for 2 classes"):
+        TrainingLoss.from_config(tiny_cfg("class_weights=[1, 2, 3]"), data, "cpu")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -171,7 +185,7 @@ def test_options_ema_weights_sgd_schedule_and_early_stopping(tmp_path):
 
 def test_layer_decay_scales_lr_from_head_to_stem_through_the_schedule():
     from medmamba.models import create_model
-    from medmamba.optim import build_optimizer, lr_factor
+    from medmamba.training.optim import build_optimizer, lr_factor
     pytest.importorskip("timm")
     model = create_model("medmamba_t", num_classes=2, depths=(1, 2, 1, 1), dims=8)
     cfg = load_config(None, ["optimizer.lr=0.01", "optimizer.layer_decay=0.5", "epochs=4"])
@@ -280,25 +294,27 @@ def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
 
 
 def test_ensemble_of_runs_averages_their_probabilities(tmp_path):
-    from medmamba.runs import evaluate_runs, run_predictions
+    from medmamba import evaluate
+    from medmamba.evaluation.runs import run_outputs
     runs = [tmp_path / "a", tmp_path / "b"]
     train(tiny_cfg("epochs=1", "seed=1"), runs[0], progress=False, test_split=None)
     train(tiny_cfg("epochs=1", "seed=2", "tta=true"), runs[1], progress=False, test_split=None)
-    each = [run_predictions(r, "val") for r in runs]
-    metrics, labels, probs, _, used = evaluate_runs(runs, "val")
-    np.testing.assert_allclose(probs, (each[0][1] + each[1][1]) / 2, rtol=1e-6)
-    assert not np.allclose(each[0][1], each[1][1]) and [c["tta"] for c, _ in used] == [False, True]
-    assert metrics["n"] == len(labels) == 40
+    each = [run_outputs(r, "val") for r in runs]
+    result = evaluate(runs, "val", write=False)
+    probs, labels = result.outputs.probs, result.outputs.labels
+    np.testing.assert_allclose(probs, (each[0].probs + each[1].probs) / 2, rtol=1e-6)
+    assert not np.allclose(each[0].probs, each[1].probs) and [r.cfg["tta"] for r in result.outputs.used] == [False, True]
+    assert result.metrics["n"] == len(labels) == 40 and result.paths == {}
     cli = "import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))"
     no_out = run_python(cli, "evaluate", *runs, "--split", "val", check=False)
     assert no_out.returncode == 2 and "needs --output" in no_out.stderr
     ok = run_python(cli, "evaluate", *runs, "--split", "val", "--output", tmp_path / "ens")
     assert "| accuracy |" in ok.stdout
     report = json.loads((tmp_path / "ens" / "report.json").read_text())
-    assert report["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert report["metrics"]["accuracy"] == pytest.approx(result.metrics["accuracy"])
     train(tiny_cfg("epochs=1", "data.medmnist=pneumoniamnist"), tmp_path / "p", progress=False, test_split=None)
     with pytest.raises(MedMambaError, match="an ensemble needs the same dataset"):
-        evaluate_runs([runs[0], tmp_path / "p"], "val")
+        evaluate([runs[0], tmp_path / "p"], "val", write=False)
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
@@ -347,7 +363,7 @@ def test_test_split_never_reaches_model_selection(tmp_path, monkeypatch):
     whose test images and labels differ completely keep identical weights and model cards. The test split
     is also built only after calibration has finished."""
     import medmamba.data.builder as builder
-    from medmamba.train import Trainer
+    from medmamba.training.trainer import Trainer
     arrays = dict(np.load(SHARED / "medmnist" / "breastmnist.npz"))
     rng = np.random.default_rng(0)
     arrays["test_images"] = rng.integers(0, 255, arrays["test_images"].shape, dtype=np.uint8)
@@ -385,8 +401,8 @@ def test_test_split_never_reaches_model_selection(tmp_path, monkeypatch):
 def test_ema_warmup_does_not_collapse_where_the_raw_weights_do_not(tmp_path):
     """180 optimiser steps at decay 0.99 on real images: without warm-up the EMA still holds 0.99^180 = 16%
     of the random initial weights; with it, the EMA follows the trained weights and predicts both classes."""
-    from medmamba.calibration import single_class_share
-    from medmamba.prediction import predict
+    from medmamba.evaluation.calibration import single_class_share
+    from medmamba.evaluation.prediction import predict
     result = train(tiny_cfg("data.max_samples=96", "batch_size=8", "epochs=15", "ema=0.99", "bootstrap=0",
                             "optimizer.lr=3e-3"), tmp_path / "run", progress=False, test_split=None)
     trainer = result["trainer"]
@@ -417,30 +433,42 @@ def test_collapse_warning_fires_on_a_constant_predictor(tmp_path):
 
 
 def test_overfitting_warning_needs_rising_validation_and_falling_training_loss():
-    from types import SimpleNamespace
+    from medmamba.training.monitor import WarningMonitor
+    from medmamba.training.state import TrainState
 
-    from medmamba.train import TrainState, Trainer
-    trainer = Trainer.__new__(Trainer)  # only the bookkeeping under test
-    trainer.data = SimpleNamespace(splits={"val": range(10)})
-    trainer.state = TrainState()
+    def watched(val_losses, one_class_epochs=()):
+        shown = []
+        monitor = WarningMonitor(TrainState(), n_val=10, emit=shown.append)
+        for epoch, (t, v) in enumerate(zip(train_loss, val_losses), 1):
+            monitor.epoch(epoch, {"single_class_share": 1.0 if epoch in one_class_epochs else 0.6, "loss": v}, t)
+        assert shown == [f"warning: {w}" for w in monitor.state.warnings]
+        return monitor.state.warnings
     train_loss = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
     flat_then_rising = [0.50, 0.50, 0.51, 0.52, 0.53, 0.54, 0.55]
-    for epoch, (t, v) in enumerate(zip(train_loss, flat_then_rising), 1):
-        trainer._watch(epoch, "raw", {"single_class_share": 0.6, "loss": v}, t)
-    assert [w for w in trainer.state.warnings if w.startswith("overfitting")] == [
+    assert watched(flat_then_rising) == [
         "overfitting: validation loss rose in each of epochs 3-7 (0.5000 -> 0.5500) while training loss fell "
         "(0.9000 -> 0.4000); consider fewer epochs, more augmentation or early_stopping"]
-    drifting = Trainer.__new__(Trainer)  # a rise of 2.5% while converged: no warning
-    drifting.data, drifting.state = trainer.data, TrainState()
-    for epoch, (t, v) in enumerate(zip(train_loss, [0.468, 0.469, 0.471, 0.474, 0.477, 0.479, 0.480]), 1):
-        drifting._watch(epoch, "raw", {"single_class_share": 0.6, "loss": v}, t)
-    assert drifting.state.warnings == []
-    calm = Trainer.__new__(Trainer)
-    calm.data, calm.state = trainer.data, TrainState()
-    for epoch, (t, v) in enumerate(zip(train_loss, [0.5, 0.49, 0.5, 0.48, 0.49, 0.47, 0.48]), 1):
-        # one class in a single early epoch is common and is no collapse
-        calm._watch(epoch, "raw", {"single_class_share": 1.0 if epoch == 1 else 0.6, "loss": v}, t)
-    assert calm.state.warnings == []
+    # a rise of 2.5% while converged: no warning
+    assert watched([0.468, 0.469, 0.471, 0.474, 0.477, 0.479, 0.480]) == []
+    # one class in a single early epoch is common and is no collapse; three in a row are
+    calm = [0.5, 0.49, 0.5, 0.48, 0.49, 0.47, 0.48]
+    assert watched(calm, one_class_epochs={1}) == []
+    assert watched(calm, one_class_epochs={2, 3, 4}) == [
+        "one class for every validation image: in epochs 2-4 the evaluated weights predicted the same class for all "
+        "10 validation images (a collapsed model, or an EMA still dominated by its initialisation)"]
+
+
+def test_checkpoint_choice_follows_the_monitored_metric():
+    from medmamba.training.monitor import CheckpointChoice
+    auc, loss = CheckpointChoice("auc"), CheckpointChoice("loss")
+    assert auc.better(0.8, 0.7) and not auc.better(0.7, 0.8) and auc.better(0.5, None)
+    assert loss.better(0.3, 0.4) and not loss.better(0.4, 0.3)
+    assert not auc.better(float("nan"), 0.1) and auc.better(0.1, float("nan"))
+    assert auc.value({"medmnist": {"auc": 0.9}}) == 0.9 and loss.value({"loss": 0.2}) == 0.2
+    # the EMA is kept on a tie, the raw weights only when they validate better
+    assert auc.pick({"ema": {"auc": 0.8}, "raw": {"auc": 0.8}}) == "ema"
+    assert auc.pick({"ema": {"auc": 0.8}, "raw": {"auc": 0.9}}) == "raw"
+    assert loss.pick({"ema": {"loss": 0.2}, "raw": {"loss": 0.3}}) == "ema" and auc.pick({"raw": {"auc": 1}}) == "raw"
 
 
 def test_numbers_in_overrides_and_files_read_as_people_write_them(tmp_path):
@@ -454,7 +482,7 @@ def test_numbers_in_overrides_and_files_read_as_people_write_them(tmp_path):
 def test_optimizer_is_fused_and_updates_like_torchs_per_parameter_loop(name):
     import copy
     from medmamba.models import create_model
-    from medmamba.optim import build_optimizer
+    from medmamba.training.optim import build_optimizer
     torch.manual_seed(0)
     model = create_model("medmamba_t", num_classes=2, depths=(1, 1), dims=8)
     start, twin = copy.deepcopy(model), copy.deepcopy(model)

@@ -62,8 +62,8 @@ def _config(args) -> int:
 
 def _train(args) -> int:
     from .config import load_config
-    from .reports import PUBLISHED, published_table, summary_text
-    from .train import train
+    from .evaluation.reports import PUBLISHED, published_table, summary_text
+    from .training.trainer import train
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
@@ -95,7 +95,7 @@ def _runs_and_overrides(items):
 
 def _cv(args) -> int:
     from .config import load_config
-    from .cv import cross_validate, cv_table
+    from .training.cv import cross_validate, cv_table
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
     result = cross_validate(load_config(args.config, overrides), args.output, overwrite=args.overwrite)
     print("\n" + cv_table(result))
@@ -104,75 +104,29 @@ def _cv(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .card import read_card
-    from .errors import MedMambaError
-    from .reports import assess, summary_text, write_report
-    from .runs import run_outputs
+    from .evaluation.evaluate import evaluate
+    from .evaluation.reports import summary_text
     runs, overrides = _runs_and_overrides(args.run)
-    named = args.checkpoint in ("best", "last")
-    if len(runs) > 1 and not named:
-        raise MedMambaError("--checkpoint with a weights file takes one run; an ensemble uses best or last of each")
-    if args.sensitivity is not None and not 0 < args.sensitivity <= 1:
-        raise MedMambaError(f"--sensitivity {args.sensitivity}: a target sensitivity is in (0, 1]")
-    if args.split == "val" and args.sensitivity is not None:
-        raise MedMambaError("--sensitivity chooses its threshold on the validation split; evaluate on test (or train)")
-    if args.output:
-        out = Path(args.output)
-    elif len(runs) > 1:
-        raise MedMambaError(f"an ensemble of {len(runs)} runs needs --output for its report")
-    else:
-        out = runs[0] / f"eval_{args.split}_{args.checkpoint if named else Path(args.checkpoint).stem}"
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise MedMambaError(f"{out} exists; pass --overwrite to replace that report or --output for another folder")
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
-    result = run_outputs(runs, args.split, args.checkpoint, overrides, progress=True)
-    data, used = result.data, result.used
-    threshold, positive = _operating_point(args, runs, overrides, data, read_card(used[0][1]) if len(runs) == 1 else None)
-    temperatures = [getattr(read_card(w), "temperature", None) for _, w in used]
-    report = assess(result.labels, result.probs, data.task, data.classes, uncalibrated=result.plain,
-                    temperature=temperatures[0] if len(runs) == 1 else None, threshold=threshold, positive=positive,
-                    n_resamples=args.bootstrap, seed=args.seed)
-    cfg = used[0][0]
-    what = cfg["model"] if len(runs) == 1 else f"ensemble of {len(runs)} runs"
-    extra = {"split": args.split, "checkpoint": [str(w) for _, w in used] if len(runs) > 1 else str(used[0][1]),
-             "tta": [c["tta"] for c, _ in used] if len(runs) > 1 else cfg["tta"], "temperatures": temperatures}
-    paths = write_report(out, report, result.labels, result.probs, data.classes,
-                         f"{what} on {data.name} ({args.split})", data.name, extra=extra)
-    print(summary_text(report))
-    print(f"\nreport: {paths['md']}")
+    result = evaluate(runs, args.split, args.checkpoint, args.output, overrides, sensitivity=args.sensitivity,
+                      positive_class=args.positive_class, n_resamples=args.bootstrap, seed=args.seed,
+                      overwrite=args.overwrite, progress=True)
+    print(summary_text(result.report))
+    print(f"\nreport: {result.paths['md']}")
     return 0
-
-
-def _operating_point(args, runs, overrides, data, card):
-    """(threshold, positive class) for a binary report: chosen now on the validation split when --sensitivity
-    is given, else the run's own from its model card, else none."""
-    from .calibration import threshold_for_sensitivity
-    from .card import class_index
-    from .errors import MedMambaError
-    from .runs import run_outputs
-    if args.sensitivity is None:
-        if card is not None and card.threshold is not None:
-            return card.threshold, card.positive
-        if args.positive_class is not None and data.task == "binary-class":
-            return None, class_index(args.positive_class, data.classes)
-        return None, card.positive if card is not None else 1
-    if data.task != "binary-class":
-        raise MedMambaError(f"--sensitivity needs a binary task, not {data.task}")
-    positive = 1 if args.positive_class is None else class_index(args.positive_class, data.classes)
-    val = run_outputs(runs, "val", args.checkpoint, overrides)
-    return threshold_for_sensitivity(val.labels, val.probs, args.sensitivity, positive), positive
 
 
 def _compare(args) -> int:
     import numpy as np
 
+    from .artifacts.files import refuse_existing
     from .errors import MedMambaError
-    from .reports import compare_outputs, comparison_text
-    from .runs import run_outputs
+    from .evaluation.reports import compare_outputs, comparison_text
+    from .evaluation.runs import run_outputs
     a, b = ([Path(p) for p in group.split(",") if p] for group in (args.a, args.b))
     out = Path(args.output) if args.output else None
-    if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise MedMambaError(f"{out} exists; pass --overwrite or choose another --output")
+    if out is not None:
+        refuse_existing(out, overwrite=args.overwrite, alternative="choose another --output")
     overrides = [f"data.root={args.data_root}"] if args.data_root else []
     first, second = (run_outputs(runs, args.split, overrides=overrides, progress=True) for runs in (a, b))
     if not np.array_equal(first.labels, second.labels) or list(first.data.classes) != list(second.data.classes):
@@ -180,14 +134,14 @@ def _compare(args) -> int:
     result = compare_outputs(first, second, names=(args.a, args.b), n_resamples=args.bootstrap, seed=args.seed)
     print(comparison_text(result))
     if out is not None:
-        from .reports import write_comparison
+        from .evaluation.reports import write_comparison
         print(f"\nreport: {write_comparison(out, result)['md']}")
     return 0
 
 
 def _predictor(args):
     from .errors import MedMambaError
-    from .inference import Predictor
+    from .deploy.inference import Predictor
     if args.device and args.device.startswith("cuda") and not torch_cuda():
         raise MedMambaError(f"--device {args.device}: no CUDA GPU is available to torch here")
     return Predictor.from_checkpoint(args.checkpoint, scan_backend=args.backend, device=args.device)
@@ -196,11 +150,10 @@ def _predictor(args):
 def _predict(args) -> int:
     import torch
 
-    from .errors import MedMambaError
+    from .artifacts.files import refuse_existing
     from .ops import resolve_backend
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise MedMambaError(f"{out} exists; pass --overwrite to replace it")
+    refuse_existing(out, overwrite=args.overwrite)
     predictor = _predictor(args)
     result = predictor.predict_files(args.inputs, batch_size=args.batch_size, workers=args.workers, progress=True)
     result.write_csv(out)
@@ -214,7 +167,7 @@ def _predict(args) -> int:
 
 
 def _explain(args) -> int:
-    from .explain import explain_files
+    from .deploy.explain import explain_files
     predictor = _predictor(args)
     result = explain_files(predictor, args.inputs, args.output, target=args.target, stage=args.stage,
                            method=args.method, overwrite=args.overwrite, progress=True)
@@ -228,9 +181,9 @@ def _explain(args) -> int:
 def _export(args) -> int:
     import torch
 
-    from .checkpoint import save_pretrained
+    from .artifacts.checkpoint import save_pretrained
     from .errors import MedMambaError
-    from .inference import require_inputs
+    from .deploy.inference import require_inputs
     if args.fused_scan and args.format != "onnx":
         raise MedMambaError("--fused-scan applies to --format onnx only")
     predictor = _predictor(args)
@@ -240,7 +193,7 @@ def _export(args) -> int:
         print(f"wrote {weights} and {config_path}; load with "
               f"medmamba.create_model({card.model!r}, pretrained={str(weights)!r})")
         return 0
-    from .export import export_onnx
+    from .deploy.export import export_onnx
     images = None
     if args.check_images:
         paths, _ = require_inputs(args.check_images, "check with")
@@ -257,14 +210,14 @@ def _export(args) -> int:
     print(f"onnxruntime vs PyTorch: max abs difference {check.max_abs_diff:.3g} on {check.inputs} "
           f"(batches {', '.join(map(str, check.batches))})")
     if args.fused_scan:
-        print("its scans are fused nodes: open it with medmamba.export.onnx_session(path) where medmamba and "
+        print("its scans are fused nodes: open it with medmamba.deploy.export.onnx_session(path) where medmamba and "
               "onnxruntime-extensions are installed (other ONNX runtimes cannot run it)")
     return 0
 
 
 def _serve(args) -> int:
     from .errors import MedMambaError
-    from .serve import serve
+    from .deploy.serve import serve
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"serving on {args.host}: reachable from other machines; the page has no login", file=sys.stderr)
     if not 0 < args.port < 65536:
@@ -279,7 +232,33 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def add_run_options(p, output_help: str, output_required: bool = True, config: bool = False,
+                    bootstrap: int | None = None):
+    """The options that commands working on runs share: output folder and --overwrite, MedMNIST data root,
+    optionally a config file with key=value overrides, and the bootstrap's resamples and seed."""
+    if config:
+        p.add_argument("--config", help="YAML config (defaults and every key: `medmamba config`)")
+    p.add_argument("--output", required=output_required, help=output_help)
+    p.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    p.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    if bootstrap is not None:
+        p.add_argument("--bootstrap", type=int, default=bootstrap, help="resamples for the 95%% intervals (0: none)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    if config:
+        p.add_argument("overrides", nargs="*", help="config overrides, e.g. optimizer.lr=3e-4 epochs=10")
+
+
+def add_model_options(p, output_help: str):
+    """The options of commands that run one trained model on image files."""
+    p.add_argument("checkpoint", help="weights with model.json beside them, a checkpoint folder, or a training run")
+    p.add_argument("--backend", default="auto", help="selective-scan backend (see `medmamba info`)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--output", required=True, help=output_help)
+    p.add_argument("--overwrite", action="store_true", help="replace what --output names")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config import default
     parser = argparse.ArgumentParser(prog="medmamba", description=__doc__)
     parser.add_argument("--version", action="version", version=f"medmamba {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,28 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     conf.set_defaults(func=_config)
     demo = sub.add_parser("demo", help="forward pass of MedMamba on real MedMNIST test images")
     demo.add_argument("--data-root", help=f"folder holding the MedMNIST .npz files (default: ${DATA_ENV})")
-    demo.add_argument("--dataset", default="breastmnist")
-    demo.add_argument("--model", default="medmamba_t")
-    demo.add_argument("--img-size", type=int, default=224)
+    demo.add_argument("--dataset", default=default("data.medmnist"))
+    demo.add_argument("--model", default=default("model"))
+    demo.add_argument("--img-size", type=int, default=default("data.img_size"))
     demo.add_argument("--batch-size", type=int, default=8)
     demo.add_argument("--backend", default="auto", help="selective-scan backend (see `medmamba info`)")
     demo.set_defaults(func=_demo)
 
     train = sub.add_parser("train", help="train (and test) MedMamba; torchrun-compatible")
-    train.add_argument("--config", help="YAML config (defaults and every key: `medmamba config`)")
-    train.add_argument("--output", required=True, help="output folder (never overwritten unless --overwrite)")
-    train.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    add_run_options(train, "output folder (never overwritten unless --overwrite)", config=True)
     train.add_argument("--resume", action="store_true", help="continue the run in --output exactly")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    train.add_argument("overrides", nargs="*", help="config overrides, e.g. optimizer.lr=3e-4 epochs=10")
     train.set_defaults(func=_train)
 
     cv = sub.add_parser("cv", help="k-fold cross-validation over train+val (data.folds=K): mean +- sd per metric")
-    cv.add_argument("--config", help="YAML config (every key: `medmamba config`)")
-    cv.add_argument("--output", required=True, help="folder for fold0..fold<K-1>, cv.md and cv.json")
-    cv.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
-    cv.add_argument("--overwrite", action="store_true")
-    cv.add_argument("overrides", nargs="*", help="config overrides, e.g. data.folds=5 epochs=10")
+    add_run_options(cv, "folder for fold0..fold<K-1>, cv.md and cv.json", config=True)
     cv.set_defaults(func=_cv)
 
     ev = sub.add_parser("evaluate", help="metrics, report and plots of a trained run (or an ensemble) on a split")
@@ -320,50 +291,35 @@ def build_parser() -> argparse.ArgumentParser:
                          "overrides applied to every run, e.g. data.root=... tta=true")
     ev.add_argument("--checkpoint", default="best", help="best, last, or a weights file (one run)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ev.add_argument("--output", help="report folder (default: RUN/eval_<split>_<checkpoint>)")
-    ev.add_argument("--overwrite", action="store_true")
-    ev.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    add_run_options(ev, "report folder (default: RUN/eval_<split>_<checkpoint>)", output_required=False,
+                    bootstrap=1000)
     ev.add_argument("--sensitivity", type=float, help="binary tasks: report the operating point whose threshold, "
                     "chosen on the validation split, reaches this sensitivity (e.g. 0.9)")
     ev.add_argument("--positive-class", help="binary tasks: the positive class (name or index; default: 1): "
                     "its sensitivity, specificity, precision and F1 are reported, and --sensitivity is about it")
-    ev.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     ev.set_defaults(func=_evaluate)
 
     cmp = sub.add_parser("compare", help="paired difference of two runs (or ensembles) on the same test images")
     cmp.add_argument("a", metavar="RUN_A", help="a training run folder, or several joined by commas (an ensemble)")
     cmp.add_argument("b", metavar="RUN_B", help="the run (or comma-joined ensemble) to compare against")
     cmp.add_argument("--split", default="test", choices=["val", "test"])
-    cmp.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--output", help="folder for compare.md and compare.json")
-    cmp.add_argument("--overwrite", action="store_true")
-    cmp.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    add_run_options(cmp, "folder for compare.md and compare.json", output_required=False, bootstrap=2000)
     cmp.set_defaults(func=_compare)
-    def add_model_options(p):
-        p.add_argument("checkpoint", help="weights with model.json beside them, a checkpoint folder, or a training run")
-        p.add_argument("--backend", default="auto", help="selective-scan backend (see `medmamba info`)")
-        p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
     pred = sub.add_parser("predict", help="class probabilities for image files (PNG/JPEG/TIFF/DICOM) as CSV")
-    add_model_options(pred)
+    add_model_options(pred, "CSV to write (path, prob_<class>..., predicted)")
     pred.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    pred.add_argument("--output", required=True, help="CSV to write (path, prob_<class>..., predicted)")
     pred.add_argument("--batch-size", type=int, default=32)
     pred.add_argument("--workers", type=int, default=0, help="image-reading processes")
-    pred.add_argument("--overwrite", action="store_true")
     pred.set_defaults(func=_predict)
 
     exp = sub.add_parser("explain", help="class activation maps (HiResCAM or Grad-CAM) overlaid on the images")
-    add_model_options(exp)
+    add_model_options(exp, "folder for <image>_<method>.png and maps.csv")
     exp.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    exp.add_argument("--output", required=True, help="folder for <image>_<method>.png and maps.csv")
     exp.add_argument("--method", choices=["hirescam", "gradcam"], default="hirescam",
                      help="hirescam (default: localises in MedMamba) or classic gradcam")
     exp.add_argument("--target", help="class (name or index) to explain; default: each image's prediction")
     exp.add_argument("--stage", type=int, default=-1, help="stage whose map is used (default -1: the last)")
-    exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_explain)
 
     srv = sub.add_parser("serve", help="a web page and HTTP API for trained models (pip install \"medmamba[web]\")")
@@ -377,17 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=_serve)
 
     ex = sub.add_parser("export", help="ONNX (checked with onnxruntime) or safetensors weights + JSON config")
-    add_model_options(ex)
+    add_model_options(ex, "model.onnx, or weights.safetensors / a folder")
     ex.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
-    ex.add_argument("--output", required=True, help="model.onnx, or weights.safetensors / a folder")
     ex.add_argument("--img-size", type=int, help="ONNX input size (default: the training size)")
     ex.add_argument("--opset", type=int, default=18)
     ex.add_argument("--check-images", nargs="*", help="real images also compared between onnxruntime and PyTorch")
     ex.add_argument("--fused-scan", action="store_true",
                     help="MedMamba: each SS2D scan as one custom node that onnxruntime runs with medmamba's CPU kernel "
                          "(several times faster; the file then needs Python with medmamba and onnxruntime-extensions, "
-                         "opened with medmamba.export.onnx_session). Default: plain ONNX operators, any runtime")
-    ex.add_argument("--overwrite", action="store_true")
+                         "opened with medmamba.deploy.export.onnx_session). Default: plain ONNX operators, any runtime")
     ex.set_defaults(func=_export)
     return parser
 

@@ -207,6 +207,15 @@ def _defaults(schema: dict) -> dict:
 DEFAULTS: dict[str, Any] = _defaults(SCHEMA)
 
 
+def default(key: str):
+    """The schema's default of a dotted key, e.g. ``default("data.img_size")``: the one source of a default
+    that other parts (the model card, the CLI) also need."""
+    node = SCHEMA
+    for part in key.split("."):
+        node = node[part]
+    return copy.deepcopy(node.default)
+
+
 def _merge(base: dict, update: dict, schema: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
@@ -263,6 +272,11 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a YAML mapping")
         cfg = _merge(cfg, data, SCHEMA)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str] = ()) -> dict:
+    """A copy of ``cfg`` with ``key.sub=value`` overrides merged in; checked key by key."""
     return validate(_merge(cfg, parse_overrides(overrides), SCHEMA))
 
 

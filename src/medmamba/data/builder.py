@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from ..card import is_multi_label
+from ..artifacts.card import is_multi_label
 from ..errors import DataError
 from .folders import ImageListDataset, csv_manifest_splits, image_folder_splits
 from .medmnist import MedMNIST, medmnist_info
@@ -102,3 +102,18 @@ def _subset(ds, indices, labels):
 
 def _first(ds, n):
     return _subset(ds, range(min(n, len(ds))), ds.labels[: min(n, len(ds))])
+
+
+def sample_ids(dataset) -> list[str]:
+    """A name for each sample of a split, for per-image results: its file path, or
+    ``<subset>_<size>.npz:<split>[<index>]`` for MedMNIST's arrays."""
+    if isinstance(dataset, Subset):
+        inner = sample_ids(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [i for d in dataset.datasets for i in sample_ids(d)]
+    if isinstance(dataset, ImageListDataset):
+        return [str(path) for path, _ in dataset.samples]
+    if isinstance(dataset, MedMNIST):
+        return [f"{dataset.path.name}:{dataset.split}[{i}]" for i in range(len(dataset))]
+    return [str(i) for i in range(len(dataset))]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..card import is_multi_label
+from ..artifacts.card import is_multi_label
 from ..errors import DataError
 
 DATA_ENV = "MEDMAMBA_DATA"

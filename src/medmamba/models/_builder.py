@@ -6,8 +6,8 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from ..card import read_card
-from ..checkpoint import CheckpointError, load_checkpoint, resolve_weights
+from ..artifacts.card import read_card
+from ..artifacts.checkpoint import CheckpointError, load_checkpoint, resolve_weights
 
 # timm passes its own bookkeeping to every entry point; none of it applies to weights read from a path.
 _TIMM_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "cache_dir")

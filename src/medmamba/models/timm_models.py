@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint
+from ..artifacts.checkpoint import load_checkpoint
 from ._builder import resolve_pretrained, with_card_defaults
 
 TIMM_PREFIX = "timm/"

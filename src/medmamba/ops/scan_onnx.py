@@ -6,7 +6,7 @@ speed: each operation streams a (batch, rows, chunks, N) tensor through memory (
 one node, ``ai.onnx.contrib::MedMambaCrossScan``, with the fused kernel's pixel-major inputs, and its
 implementation is ``scan_cpu``'s numba forward, declared to onnxruntime through onnxruntime-extensions'
 Python operators. No compiler is needed anywhere, but such a file runs only where Python, medmamba and
-onnxruntime-extensions are installed: ``medmamba.export.onnx_session`` opens it.
+onnxruntime-extensions are installed: ``medmamba.deploy.export.onnx_session`` opens it.
 """
 from __future__ import annotations
 

@@ -1,22 +1,25 @@
 """Load weights safely: official ``.pth`` layouts and safetensors, never arbitrary pickles."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from .card import ModelCard
-from .errors import CheckpointError
-from .files import atomic_path, atomic_write_text
-from .run_dir import WEIGHTS, RunDir
+from ..errors import CheckpointError, MedMambaError
+from .card import ModelCard, write_card
+from .files import atomic_path, refuse_existing
+from .run_dir import CARD, EMA_WEIGHTS, META, STATE, WEIGHTS, RunDir
 
-__all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "resolve_weights", "save_pretrained",
-           "save_weights"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_training_checkpoint", "read_state_dict", "resolve_weights",
+           "save_best_checkpoint", "save_pretrained", "save_training_checkpoint", "save_weights"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 
@@ -147,10 +150,71 @@ def save_pretrained(model: nn.Module, card: ModelCard | dict, path: str | os.Pat
     if path.suffix != ".safetensors":
         path = path / WEIGHTS
     config_path = path.with_suffix(".json")
-    taken = [str(p) for p in (path, config_path) if p.exists()]
-    if taken and not overwrite:
-        raise CheckpointError(f"{' and '.join(taken)} exist; pass overwrite=True (--overwrite) to replace them")
+    refuse_existing(path, config_path, overwrite=overwrite, error=CheckpointError)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, path, metadata={"format": "pt", "model": card.model})
-    atomic_write_text(config_path, card.to_json())
+    write_card(card, config_path)
     return path, config_path
+
+
+def _swap_in(tmp: Path, final: Path):
+    """Swap a freshly written checkpoint folder in: at every instant a complete one exists."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def write_checkpoint_folder(run: RunDir, name: str, files: Callable[[Path], None]) -> Path:
+    """Checkpoint folder ``name`` of ``run``, its files written by ``files(tmp_folder)`` and swapped in whole."""
+    root = run.checkpoints
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    files(tmp)
+    _swap_in(tmp, run.checkpoint(name))
+    return run.checkpoint(name)
+
+
+def save_best_checkpoint(run: RunDir, model: nn.Module, card: ModelCard) -> Path:
+    """The kept weights with their model card: what evaluation, prediction and fine-tuning read."""
+    def files(tmp: Path):
+        save_weights(model, tmp / WEIGHTS)
+        write_card(card, tmp / CARD)
+    return write_checkpoint_folder(run, "best", files)
+
+
+def save_training_checkpoint(run: RunDir, name: str, model: nn.Module, ema: Optional[nn.Module], state: dict,
+                             meta: dict) -> Path:
+    """Weights, EMA weights, ``state`` (optimiser, schedule, RNG... as tensors and plain containers) and a
+    readable ``meta``: all that an exact resume needs."""
+    def files(tmp: Path):
+        save_weights(model, tmp / WEIGHTS)
+        if ema is not None:
+            save_weights(ema, tmp / EMA_WEIGHTS)
+        torch.save(state, tmp / STATE)
+        (tmp / META).write_text(json.dumps(meta))
+    return write_checkpoint_folder(run, name, files)
+
+
+@dataclass
+class TrainingCheckpoint:
+    weights: dict
+    ema: Optional[dict]
+    state: dict
+
+
+def load_training_checkpoint(run: RunDir, name: str = "last") -> TrainingCheckpoint:
+    """The complete checkpoint ``name`` (or the one an interrupted swap left), read without unpickling objects."""
+    folder = run.complete_checkpoint(name)
+    if folder is None:
+        raise MedMambaError(f"--resume: no checkpoint in {run.checkpoints}")
+    state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
+    ema = read_state_dict(folder / EMA_WEIGHTS) if (folder / EMA_WEIGHTS).is_file() else None
+    return TrainingCheckpoint(read_state_dict(folder / WEIGHTS), ema, state)

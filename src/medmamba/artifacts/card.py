@@ -1,7 +1,8 @@
 """The model card: what a set of trained weights is and how to feed it, saved as JSON beside the weights.
 
-Training writes it (``checkpoints/best/model.json``); the model builder, ``Predictor``, evaluation and
-export read it. Every field has its one default here.
+Training writes it (``checkpoints/best/model.json``) through ``write_card``; the model builder, ``Predictor``,
+evaluation and export read it. Preprocessing fields default to the training configuration's defaults
+(``config.SCHEMA``), so a card and a config that leave a key out mean the same thing.
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import CheckpointError, MedMambaError
+from ..config import default
+from ..errors import CheckpointError, MedMambaError
+from .files import atomic_write_text
+from .run_dir import CARD
 
 MULTI_LABEL = "multi-label"
 
@@ -40,10 +44,10 @@ class ModelCard:
     in_chans: Optional[int] = None
     classes: Optional[list] = None              # class names, in the order of the model's outputs
     task: str = "multi-class"
-    img_size: int = 224                         # the input size the weights were trained at
-    mean: float = 0.5
-    std: float = 0.5
-    tta: bool = False                           # average each image with its mirror, as it was validated
+    img_size: int = field(default_factory=lambda: default("data.img_size"))  # the size the weights were trained at
+    mean: float = field(default_factory=lambda: default("data.mean"))
+    std: float = field(default_factory=lambda: default("data.std"))
+    tta: bool = field(default_factory=lambda: default("tta"))  # average each image with its mirror, as validated
     dataset: Optional[str] = None
     epoch: Optional[int] = None                 # the checkpoint's epoch and its validation score
     monitor: Optional[str] = None
@@ -86,13 +90,10 @@ class ModelCard:
         return json.dumps(self.to_dict(), indent=1)
 
 
-CARD_NAME = "model.json"
-
-
 def card_path(weights: str | os.PathLike) -> list[Path]:
     """Where a weights file's card may be: ``name.json`` beside ``name.safetensors``, else ``model.json``."""
     weights = Path(weights)
-    return [weights.with_suffix(".json"), weights.parent / CARD_NAME]
+    return [weights.with_suffix(".json"), weights.parent / CARD]
 
 
 def read_card(weights: str | os.PathLike) -> Optional[ModelCard]:
@@ -105,3 +106,10 @@ def read_card(weights: str | os.PathLike) -> Optional[ModelCard]:
                 raise CheckpointError(f"{candidate}: not a readable model card ({e})") from None
             return ModelCard.from_dict(data, str(candidate))
     return None
+
+
+def write_card(card: ModelCard, path: str | os.PathLike) -> Path:
+    """The one writer of model cards: JSON, written atomically."""
+    path = Path(path)
+    atomic_write_text(path, card.to_json())
+    return path

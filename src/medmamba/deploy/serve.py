@@ -8,7 +8,6 @@ on serving; and requests wait in a bounded queue, so a burst cannot exhaust memo
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import MedMambaError
+from ..errors import MedMambaError
 
 ENSEMBLE = "ensemble of all"
 DEFAULT_MAX_FILE_MB = 20
@@ -49,7 +48,8 @@ def _card_markdown(name: str, source: Path, predictor) -> str:
                 if card.epoch and card.value is not None else "")]
     if card.temperature:
         lines.append(f"Calibrated: temperature {card.temperature:.3f} fitted on the validation split")
-    report = _run_report(source)
+    from ..evaluation.evaluate import run_report
+    report = run_report(source)
     if report is not None:
         m = report["metrics"]
         ci = report.get("intervals", {})
@@ -62,20 +62,6 @@ def _card_markdown(name: str, source: Path, predictor) -> str:
     else:
         lines.append("No test report beside this checkpoint.")
     return "  \n".join(lines)
-
-
-def _run_report(source: Path) -> Optional[dict]:
-    """The test report of the run a checkpoint belongs to (RUN/checkpoints/best/model.safetensors), if any."""
-    from .checkpoint import resolve_weights
-    from .run_dir import RunDir
-    run = RunDir(resolve_weights(source).parent.parent.parent)
-    for candidate in (run.eval_dir("test") / "report.json",):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, json.JSONDecodeError):
-                return None
-    return None
 
 
 def load_models(checkpoints: Sequence[str | os.PathLike], device=None, scan_backend: str = "auto") -> list[ServedModel]:
@@ -157,7 +143,7 @@ class Service:
 
     def activation_map(self, path: str, choice: Optional[str], target: Optional[str], opacity: float) -> np.ndarray:
         """HiResCAM overlay of one uploaded image for class ``target`` (default: the prediction)."""
-        from .card import class_index
+        from ..artifacts.card import class_index
         from .explain import class_activation_map, overlay
         member = self._members(choice)[0]   # an ensemble's map is its first model's
         p = member.predictor

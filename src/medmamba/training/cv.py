@@ -9,13 +9,12 @@ import copy
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 
-from .errors import MedMambaError
-from .files import atomic_write_text
-from .run_dir import RunDir
+from ..artifacts.files import atomic_write_text, refuse_existing
+from ..artifacts.run_dir import CV_JSON, CV_MD, RunDir
+from ..errors import MedMambaError
 
 CV_METRICS = ("accuracy", "balanced_accuracy", "auc", "average_precision", "sensitivity", "specificity", "f1", "loss")
 
@@ -23,26 +22,27 @@ CV_METRICS = ("accuracy", "balanced_accuracy", "auc", "average_precision", "sens
 def cross_validate(cfg: dict, output: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> dict:
     """Train ``cfg`` once per fold (``data.folds`` of them) into ``output/fold<i>``; returns and writes
     (cv.json, cv.md) each fold's validation metrics of its best checkpoint and their mean and sd."""
-    from .prediction import evaluate
-    from .calibration import nll
-    from .train import VAL_LOSS_EPS, Trainer
+    from ..evaluation.calibration import nll
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.runs import LoadedRun
+    from .trainer import VAL_LOSS_EPS, Trainer
     folds = cfg["data"]["folds"]
     if not folds:
         raise MedMambaError("cross-validation needs data.folds=K (K >= 2)")
-    out = Path(output)
-    if not RunDir(out).is_empty() and not overwrite:
-        raise MedMambaError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
+    out = RunDir(output)
+    refuse_existing(out.root, overwrite=overwrite)
     rows = []
     for fold in range(folds):
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg["data"]["fold"] = fold
         if progress:
             print(f"fold {fold + 1}/{folds}", flush=True)
-        trainer = Trainer(fold_cfg, out / f"fold{fold}", overwrite=overwrite, progress=progress)
+        trainer = Trainer(fold_cfg, out.fold(fold).root, overwrite=overwrite, progress=progress)
         trainer.fit()
-        metrics, labels, probs = evaluate(trainer.best_model(), trainer.data.splits["val"], trainer.data.task,
-                                          trainer.data.classes, fold_cfg["eval_batch_size"], trainer.device,
-                                          fold_cfg["amp"], tta=fold_cfg["tta"])
+        best = LoadedRun(trainer.best_model(), fold_cfg, trainer.model_card(), trainer.run.weights("best"),
+                         trainer.data)
+        val = evaluate(best, "val", n_resamples=0, write=False, device=trainer.device)
+        metrics, labels, probs = val.metrics, val.outputs.labels, val.outputs.probs
         metrics["loss"] = nll(labels, probs, trainer.data.multi_label, eps=VAL_LOSS_EPS)
         rows.append({"fold": fold, "n_val": int(len(labels)), "best_epoch": trainer.state.best_epoch,
                      "warnings": trainer.state.warnings, **{k: float(metrics[k]) for k in CV_METRICS}})
@@ -50,8 +50,8 @@ def cross_validate(cfg: dict, output: str | os.PathLike, overwrite: bool = False
                    "sd": float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else math.nan}
                for k in CV_METRICS}
     result = {"folds": rows, "summary": summary, "model": cfg["model"], "dataset": trainer.data.name}
-    atomic_write_text(out / "cv.json", json.dumps(result, indent=1))
-    atomic_write_text(out / "cv.md", cv_table(result) + "\n")
+    atomic_write_text(out.root / CV_JSON, json.dumps(result, indent=1))
+    atomic_write_text(out.root / CV_MD, cv_table(result) + "\n")
     return result
 
 

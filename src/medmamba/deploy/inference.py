@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .card import ModelCard, read_card
-from .checkpoint import resolve_weights
-from .data.folders import IMAGE_SUFFIXES, read_image
-from .data.transforms import build_transform
-from .errors import CheckpointError, DataError
-from .files import atomic_write_text
-from .models import create_model
-from .prediction import model_probabilities
+from ..artifacts.card import ModelCard, read_card
+from ..artifacts.checkpoint import resolve_weights
+from ..data.folders import IMAGE_SUFFIXES, read_image
+from ..data.transforms import build_transform
+from ..errors import CheckpointError, DataError
+from ..artifacts.files import atomic_write_text
+from ..models import create_model
+from ..evaluation.prediction import model_probabilities
 
 
 def load_model(path: str | os.PathLike, scan_backend: str = "auto", device=None) -> torch.nn.Module:

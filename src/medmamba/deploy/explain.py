@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .card import class_index
-from .errors import MedMambaError
-from .files import atomic_path, atomic_write_text
-from .prediction import class_probabilities
+from ..artifacts.card import class_index
+from ..errors import MedMambaError
+from ..artifacts.files import atomic_path, atomic_write_text
+from ..evaluation.prediction import class_probabilities
 
 METHODS = ("hirescam", "gradcam")
 
@@ -86,7 +86,7 @@ def class_activation_map(model: torch.nn.Module, images: torch.Tensor, target: O
 
 def num_stages(model: torch.nn.Module) -> int:
     """Stages a map can be taken from: MedMamba's four, or the entries of a timm model's ``feature_info``."""
-    from .models import MedMamba
+    from ..models import MedMamba
     return len(model.layers) if isinstance(model, MedMamba) else len(model.feature_info)
 
 
@@ -95,7 +95,7 @@ def _capture_stage_map(model, stage: int, captured: dict):
     the map the stage's last block reads (channels last): the last block's output feeds only the average
     pool, so its gradient is the same at every pixel. For a timm model, the output of the module its
     ``feature_info`` names for that stage (NCHW for convolutional networks)."""
-    from .models import MedMamba
+    from ..models import MedMamba
     if isinstance(model, MedMamba):
         def keep_input(_module, inputs):
             captured["map"], captured["layout"] = inputs[0], "NHWC"

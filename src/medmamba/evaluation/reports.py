@@ -9,7 +9,9 @@ from typing import Optional
 
 import numpy as np
 
-from .files import atomic_write_text
+from ..artifacts.files import atomic_write_text
+from ..artifacts.run_dir import (COMPARE_JSON, COMPARE_MD, CONFUSION_PNG, RELIABILITY_PNG, REPORT_JSON, REPORT_MD,
+                                 ROC_PNG)
 
 _MEDMNIST_V2 = "ResNet-18 (28), MedMNIST v2"
 # Test-split ACC/AUC published for every MedMNIST v2 2-D subset: ResNet-18 at 28 px from the MedMNIST v2
@@ -47,7 +49,7 @@ def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature
     ``threshold`` on the probability of class ``positive`` (also the class whose sensitivity, specificity,
     precision and F1 a binary report gives), and warnings."""
     from .calibration import calibration_metrics, operating_point, reliability
-    from .card import is_multi_label
+    from ..artifacts.card import is_multi_label
     from .metrics import classification_metrics
     from .stats import bootstrap_intervals
     multi_label = is_multi_label(task)
@@ -132,10 +134,10 @@ def write_report(out_dir: str | os.PathLike, report: dict, labels, probs, class_
     m = report["metrics"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "md": out / "report.md", "roc": out / "roc.png",
-             "reliability": out / "reliability.png"}
+    paths = {"json": out / REPORT_JSON, "md": out / REPORT_MD, "roc": out / ROC_PNG,
+             "reliability": out / RELIABILITY_PNG}
     if m.get("confusion_matrix") is not None:
-        paths["confusion_matrix"] = out / "confusion_matrix.png"
+        paths["confusion_matrix"] = out / CONFUSION_PNG
         plot_confusion_matrix(np.array(m["confusion_matrix"]), class_names, paths["confusion_matrix"], title)
     plot_roc(labels, probs, class_names, m["task"], paths["roc"], title)
     plot_reliability(report["calibration"], paths["reliability"], title)
@@ -188,7 +190,7 @@ def comparison_text(result: dict) -> str:
 def write_comparison(out_dir: str | os.PathLike, result: dict) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "compare.json", "md": out / "compare.md"}
+    paths = {"json": out / COMPARE_JSON, "md": out / COMPARE_MD}
     atomic_write_text(paths["json"], json.dumps(result, indent=1))
     atomic_write_text(paths["md"], "# Paired comparison\n\n" + comparison_text(result) + "\n")
     return paths

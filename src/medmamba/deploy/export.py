@@ -22,9 +22,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import MedMambaError
-from .files import atomic_path
-from .models import MedMamba
+from ..errors import MedMambaError
+from ..artifacts.files import atomic_path
+from ..models import MedMamba
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
 
@@ -122,7 +122,7 @@ def onnx_session(path: str | os.PathLike, threads: Optional[int] = None, profile
     nodes' (default: their own, every core). ``profile``: a file prefix for onnxruntime's profiler."""
     ort = _require("onnxruntime")
     onnx = _require("onnx")
-    from .ops.scan_onnx import DOMAIN
+    from ..ops.scan_onnx import DOMAIN
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -132,7 +132,7 @@ def onnx_session(path: str | os.PathLike, threads: Optional[int] = None, profile
     proto = onnx.load(str(path), load_external_data=False)
     if any(o.domain == DOMAIN for o in proto.opset_import):
         _require("onnxruntime_extensions")
-        from .ops.scan_onnx import register_onnxruntime_op
+        from ..ops.scan_onnx import register_onnxruntime_op
         options.register_custom_ops_library(register_onnxruntime_op(threads))
         # onnxruntime's idle threads spin for the next operator, on the cores the node's own kernel threads
         # need: without spinning, 66 instead of 50 images/s at 64 px (BENCHMARKS.md)

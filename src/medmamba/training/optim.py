@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .errors import MedMambaError
+from ..errors import MedMambaError
 
 
 def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:

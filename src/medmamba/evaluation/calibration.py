@@ -129,3 +129,20 @@ def single_class_share(probs, multi_label: bool) -> Optional[float]:
     return float(np.bincount(pred).max() / len(pred))
 
 
+
+
+def calibrate_card(model, dataset, card, cfg: dict, multi_label: bool, positive: int, device="cpu"):
+    """``card`` with what is fitted on ``dataset`` (the validation split): the temperature (``calibrate``) and,
+    with ``sensitivity``, the binary threshold on class ``positive`` that reaches it."""
+    import torch
+
+    from .prediction import predict_logits, probabilities_from_logits
+    labels, logits = predict_logits(model, dataset, cfg["eval_batch_size"], device, cfg["amp"], tta=cfg["tta"])
+    if cfg["calibrate"]:
+        card.temperature = fit_temperature(logits, labels, multi_label)
+    if cfg["sensitivity"] is not None:
+        probs = probabilities_from_logits(torch.from_numpy(logits), False, card.temperature).numpy()
+        card.threshold = threshold_for_sensitivity(labels, probs, cfg["sensitivity"], positive)
+    if cfg["sensitivity"] is not None or cfg["positive_class"] is not None:
+        card.positive_class = positive  # evaluate reports this class's sensitivity and specificity too
+    return card

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import distributed as dist_utils
-from .amp import autocast
-from .card import is_multi_label
+from .. import distributed as dist_utils
+from ..amp import autocast
 
 
 def class_probabilities(logits: torch.Tensor, multi_label: bool, temperature: Optional[float] = None) -> torch.Tensor:
@@ -79,11 +78,3 @@ def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[st
     labels, logits = predict_logits(model, dataset, batch_size, device, amp, num_workers, progress, tta)
     probs = probabilities_from_logits(torch.from_numpy(logits), multi_label, temperature).numpy()
     return labels, probs
-
-
-def evaluate(model, dataset, task: str, class_names, batch_size=64, device="cpu", amp=None, progress=False,
-             tta=False):
-    """(metrics, labels, probabilities) of ``model`` on ``dataset``."""
-    from .metrics import classification_metrics
-    labels, probs = predict(model, dataset, batch_size, device, amp, is_multi_label(task), progress=progress, tta=tta)
-    return classification_metrics(labels, probs, task, class_names), labels, probs

@@ -1,0 +1,1 @@
+"""Evaluation: predictions of a model or of saved runs, metrics, bootstrap statistics, calibration, reports."""

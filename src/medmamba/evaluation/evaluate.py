@@ -1,0 +1,182 @@
+"""The one evaluation of trained models: predictions of a run (or an ensemble) on a split -> report with
+intervals, calibration and operating point -> report folder with per-image predictions. The CLI's
+``evaluate``, the Trainer's test, cross-validation and the web page all go through here.
+
+    result = medmamba.evaluate("runs/b1", split="test")          # or ["runs/b1", "runs/b2"]: an ensemble
+    result.report["metrics"]["auc"], result.paths["md"]
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..artifacts.card import class_index
+from ..artifacts.files import atomic_path, refuse_existing
+from ..artifacts.run_dir import PREDICTIONS, RunDir
+from ..errors import MedMambaError
+from .runs import CHECKPOINT_NAMES, LoadedRun, RunOutputs, run_outputs
+
+
+@dataclass
+class Evaluation:
+    report: dict                  # what reports.assess returns: metrics, intervals, calibration, warnings...
+    outputs: RunOutputs           # labels and probabilities per image, the data and the runs used
+    paths: dict = field(default_factory=dict)  # the files written, by kind (md, json, predictions, plots)
+
+    @property
+    def metrics(self) -> dict:
+        return self.report["metrics"]
+
+
+def default_output(run: str | os.PathLike, split: str, checkpoint: str = "best") -> Path:
+    """Where a run's evaluation goes unless told: RUN/eval_<split>_<checkpoint or weights file stem>."""
+    name = checkpoint if checkpoint in CHECKPOINT_NAMES else Path(checkpoint).stem
+    return RunDir(run).eval_dir(split, name)
+
+
+def _check_request(runs, split, checkpoint, output, sensitivity, write):
+    """Every refusal before any model is loaded or any file written."""
+    if len(runs) > 1 and checkpoint not in CHECKPOINT_NAMES:
+        raise MedMambaError("--checkpoint with a weights file takes one run; an ensemble uses best or last of each")
+    if sensitivity is not None and not 0 < sensitivity <= 1:
+        raise MedMambaError(f"--sensitivity {sensitivity}: a target sensitivity is in (0, 1]")
+    if split == "val" and sensitivity is not None:
+        raise MedMambaError("--sensitivity chooses its threshold on the validation split; evaluate on test (or train)")
+    if write and output is None:
+        if len(runs) > 1:
+            raise MedMambaError(f"an ensemble of {len(runs)} runs needs --output for its report")
+        if isinstance(runs[0], LoadedRun):
+            raise MedMambaError("a run held in memory needs an output folder for its report")
+        output = default_output(runs[0], split, checkpoint)
+    return Path(output) if write else None
+
+
+def operating_point(outputs: RunOutputs, runs, checkpoint: str = "best", overrides=(),
+                    sensitivity: Optional[float] = None, positive_class=None, device=None):
+    """(threshold, positive class) of a binary report: chosen now on the validation split when ``sensitivity``
+    is given; else a single run's own from its model card; else none, on ``positive_class`` (default: the
+    card's, else the second class)."""
+    from .calibration import threshold_for_sensitivity
+    data = outputs.data
+    card = outputs.used[0].card if len(outputs.used) == 1 else None
+    binary = data.task == "binary-class"
+    if sensitivity is None:
+        if card is not None and card.threshold is not None:
+            return card.threshold, card.positive
+        if positive_class is not None and binary:
+            return None, class_index(positive_class, data.classes)
+        return None, card.positive if card is not None else 1
+    if not binary:
+        raise MedMambaError(f"--sensitivity needs a binary task, not {data.task}")
+    positive = 1 if positive_class is None else class_index(positive_class, data.classes)
+    val = run_outputs(outputs.used, "val", checkpoint, overrides, device)
+    return threshold_for_sensitivity(val.labels, val.probs, sensitivity, positive), positive
+
+
+def _title(outputs: RunOutputs, split: str, checkpoint: str) -> str:
+    used = outputs.used
+    if len(used) > 1:
+        return f"ensemble of {len(used)} runs on {outputs.data.name} ({split})"
+    run = used[0]
+    title = f"{run.cfg['model']} on {outputs.data.name} ({split})"
+    if run.card is not None and run.card.epoch is not None and checkpoint in CHECKPOINT_NAMES:
+        title += f", {checkpoint} epoch {run.card.epoch}" + (f" ({run.card.weights} weights)" if run.card.weights else "")
+    return title
+
+
+def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Optional[str | os.PathLike] = None,
+             overrides: Sequence[str] = (), sensitivity: Optional[float] = None, positive_class=None,
+             n_resamples: int = 1000, seed: int = 0, warnings: Sequence[str] = (), overwrite: bool = False,
+             write: bool = True, device=None, progress: bool = False) -> Evaluation:
+    """Evaluate one training run, or the ensemble of several (probabilities averaged), on ``split``.
+
+    ``runs``: training output folders (or ``runs.LoadedRun`` objects held in memory, as the Trainer passes);
+    ``checkpoint``: best, last, or a weights file (one run). The report (``reports.assess``: metrics with
+    ``n_resamples`` bootstrap intervals, calibration before and after each run's temperature, the binary
+    operating point: see ``operating_point``, and ``warnings`` plus any this evaluation finds) is written
+    with per-image predictions and plots to ``output`` (default RUN/eval_<split>_<checkpoint>), unless
+    ``write`` is off. An existing report is never replaced without ``overwrite``; every refusal comes
+    before anything is loaded or written."""
+    from .calibration import single_class_share
+    from .reports import assess, write_report
+    if isinstance(runs, (str, os.PathLike, LoadedRun)):
+        runs = [runs]
+    runs = list(runs)
+    if not runs:
+        raise MedMambaError("no training run to evaluate")
+    out = _check_request(runs, split, checkpoint, output, sensitivity, write)
+    if out is not None:
+        refuse_existing(out, overwrite=overwrite, alternative="--output for another folder")
+    outputs = run_outputs(runs, split, checkpoint, overrides, device, progress)
+    threshold, positive = operating_point(outputs, runs, checkpoint, overrides, sensitivity, positive_class, device)
+    data, used = outputs.data, outputs.used
+    temperatures = [run.card.temperature if run.card is not None else None for run in used]
+    warnings = list(warnings)
+    if single_class_share(outputs.probs, data.multi_label) == 1.0:
+        warnings.append(f"the evaluated model predicts one class for every {split} image")
+    report = assess(outputs.labels, outputs.probs, data.task, data.classes, uncalibrated=outputs.plain,
+                    temperature=temperatures[0] if len(used) == 1 else None, threshold=threshold, positive=positive,
+                    n_resamples=n_resamples, seed=seed, warnings=warnings)
+    result = Evaluation(report, outputs)
+    if out is not None:
+        one = len(used) == 1
+        extra = {"split": split, "checkpoint": str(used[0].weights) if one else [str(r.weights) for r in used],
+                 "tta": used[0].cfg["tta"] if one else [r.cfg["tta"] for r in used], "temperatures": temperatures}
+        result.paths = write_report(out, report, outputs.labels, outputs.probs, data.classes,
+                                    _title(outputs, split, checkpoint), data.name, extra=extra)
+        result.paths["predictions"] = write_predictions(out / PREDICTIONS, outputs, threshold, positive)
+    return result
+
+
+def predicted_classes(probs: np.ndarray, multi_label: bool, threshold: Optional[float] = None,
+                      positive: int = 1) -> list:
+    """Each image's predicted class index (multi-label: the list of classes at p >= 0.5); with a binary
+    ``threshold``, ``positive`` when its probability reaches it."""
+    if multi_label:
+        return [list(np.flatnonzero(p >= 0.5)) for p in probs]
+    if threshold is not None:
+        return [positive if p[positive] >= threshold else 1 - positive for p in probs]
+    return list(probs.argmax(1))
+
+
+def write_predictions(path: Path, outputs: RunOutputs, threshold: Optional[float] = None, positive: int = 1) -> Path:
+    """predictions.csv: one row per image (id, true label, each class's probability, prediction, correct)."""
+    from ..data.builder import sample_ids
+    data = outputs.data
+    names = [str(c) for c in data.classes]
+    ids = sample_ids(outputs.dataset)
+    predicted = predicted_classes(outputs.probs, data.multi_label, threshold, positive)
+
+    def label(value):
+        if data.multi_label:
+            return "|".join(names[i] for i in np.flatnonzero(np.asarray(value) >= 0.5))
+        return names[int(value)]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", *(f"prob_{n}" for n in names), "predicted", "correct"])
+        for image, y, p, pred in zip(ids, outputs.labels, outputs.probs, predicted):
+            shown = "|".join(names[i] for i in pred) if data.multi_label else names[pred]
+            w.writerow([image, label(y), *(f"{v:.6f}" for v in p), shown, label(y) == shown])
+    return path
+
+
+def run_report(source: str | os.PathLike, split: str = "test") -> Optional[dict]:
+    """The saved ``split`` report of the run that ``source`` (a run folder or one of its weights files) belongs
+    to: the training's own (eval_<split>), else the best checkpoint's evaluation; None when there is none."""
+    from ..artifacts.checkpoint import resolve_weights
+    run = RunDir(source) if RunDir(source).is_run() else RunDir.of_weights(resolve_weights(source))
+    if run is None:
+        return None
+    for candidate in (run.report(split), run.report(split, "best")):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None

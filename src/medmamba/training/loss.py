@@ -1,0 +1,61 @@
+"""The training objective: cross-entropy (or, multi-label, binary cross-entropy) with class weights and
+label smoothing, optionally on mixup blends of the batch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..amp import autocast
+from ..errors import MedMambaError
+
+
+def class_weight_tensor(cfg: dict, data) -> Optional[torch.Tensor]:
+    """``class_weights`` of the configuration as a tensor: null, "balanced" (inverse class frequency in the
+    training split) or one weight per class."""
+    cw = cfg["class_weights"]
+    if cw is None:
+        return None
+    if cw == "balanced":
+        labels = np.asarray(data.splits["train"].labels)
+        counts = labels.sum(0) if data.multi_label else np.bincount(labels, minlength=data.num_classes)
+        return torch.tensor(len(labels) / (data.num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+    if len(cw) != data.num_classes:
+        raise MedMambaError(f"class_weights has {len(cw)} values for {data.num_classes} classes")
+    return torch.tensor(cw, dtype=torch.float32)
+
+
+class TrainingLoss:
+    """``loss(model, x, y)``: the model's loss on a batch, in the configured precision."""
+
+    def __init__(self, multi_label: bool, class_weights: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+                 mixup: float = 0.0, amp: Optional[str] = None, device="cpu"):
+        self.multi_label, self.label_smoothing, self.mixup = multi_label, label_smoothing, mixup
+        self.amp, self.device = amp, device
+        self.class_weights = class_weights.to(device) if class_weights is not None else None
+
+    @classmethod
+    def from_config(cls, cfg: dict, data, device) -> "TrainingLoss":
+        return cls(data.multi_label, class_weight_tensor(cfg, data), cfg["label_smoothing"], cfg["mixup"], cfg["amp"],
+                   device)
+
+    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=self.class_weights)
+        return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing)
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of ``model`` on x, or with mixup (Zhang et al. 2018) the loss on a blend of x with a shuffled
+        copy against both label sets in the same proportion; drawn from torch's RNG so a resumed run draws the
+        same blends."""
+        if not self.mixup:
+            with autocast(self.device, self.amp):
+                logits = model(x)
+            return self.criterion(logits, y)
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        perm = torch.randperm(len(x)).to(x.device)
+        with autocast(self.device, self.amp):
+            logits = model(lam * x + (1 - lam) * x[perm])
+        return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])

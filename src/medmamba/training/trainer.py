@@ -1,0 +1,334 @@
+"""Training: config -> data, model, optimiser, schedule -> epochs with validation, checkpoints, logs -> test.
+
+Exact resume: the shuffling order depends only on (seed, epoch), data loaders draw their seeds from
+their own generators, and checkpoints carry every RNG state and the position in the epoch, so a run
+resumed from any checkpoint (with num_workers = 0) reproduces the uninterrupted run bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .. import distributed as dist_utils
+from ..artifacts.card import ModelCard, class_index, write_card
+from ..artifacts.checkpoint import (load_training_checkpoint, read_state_dict, save_best_checkpoint,
+                                    save_training_checkpoint)
+from ..artifacts.files import refuse_existing
+from ..artifacts.run_dir import RunDir
+from ..config import dump_config, load_config
+from ..data.builder import build_data
+from ..errors import MedMambaError, TrainingError
+from ..evaluation.calibration import calibrate_card, nll, single_class_share
+from ..evaluation.evaluate import Evaluation, evaluate
+from ..evaluation.metrics import classification_metrics
+from ..evaluation.prediction import predict
+from ..evaluation.runs import LoadedRun, build_model
+from ..models.timm_models import TIMM_PREFIX
+from ..ops.selective_scan import resolve_backend
+from .log import MetricsLog
+from .loss import TrainingLoss
+from .monitor import CheckpointChoice, WarningMonitor
+from .optim import build_optimizer, lr_factor
+from .rng import rng_state, seed_everything, set_rng_state
+from .state import TrainState
+
+VAL_LOSS_EPS = 1e-7  # the clipping the validation loss has always had (it chooses checkpoints with monitor=loss)
+
+
+class EpochSampler(Sampler):
+    """A permutation fixed by (seed, epoch), this rank's share of it, from a given position on."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
+
+    def indices(self) -> list[int]:
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
+        perm += perm[: (-len(perm)) % self.world]  # equal shares, as DistributedSampler pads
+        return perm[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self.indices()[self.start:])
+
+    def __len__(self):
+        return len(self.indices()) - self.start
+
+
+def validation_metrics(model, dataset, data, cfg: dict, device) -> dict:
+    """The paper's metrics of ``model`` on the validation split, its loss and the share of its commonest class."""
+    labels, probs = predict(model, dataset, cfg["eval_batch_size"], device, cfg["amp"], data.multi_label,
+                            tta=cfg["tta"])
+    metrics = classification_metrics(labels, probs, data.task, data.classes)
+    metrics["loss"] = nll(labels, probs, data.multi_label, eps=VAL_LOSS_EPS)
+    metrics["single_class_share"] = single_class_share(probs, data.multi_label)
+    return metrics
+
+
+def prepare_output(run: RunDir, cfg: dict, resume: bool, overwrite: bool, create: bool):
+    """Check the output folder (``create`` off) or, once data and model are built, empty it and write the
+    configuration (``create`` on); a run that cannot start leaves nothing behind."""
+    if resume:
+        if not create and run.complete_checkpoint("last") is None:
+            raise MedMambaError(f"--resume: no checkpoint in {run.checkpoints}")
+        return
+    if not create:
+        refuse_existing(run.root, overwrite=overwrite, alternative="--resume to continue it")
+        return
+    if dist_utils.is_main() and run.root.exists():
+        for child in run.root.iterdir():  # --overwrite: checked before
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    dist_utils.barrier()
+    if dist_utils.is_main():
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.config.write_text(dump_config(cfg))
+
+
+class Trainer:
+    def __init__(self, cfg: dict, output: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                 callbacks: Sequence[Callable] = (), progress: bool = True):
+        self.cfg, self.run, self.callbacks, self.progress = cfg, RunDir(output), list(callbacks), progress
+        self.output = self.run.root
+        self.rank, self.world, device = dist_utils.init_from_env()
+        self.device = torch.device(cfg["device"]) if cfg["device"] else (
+            device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        if not cfg["model"].startswith(TIMM_PREFIX):
+            resolve_backend(cfg["scan_backend"], self.device)  # an unusable backend fails here, not mid-epoch
+        prepare_output(self.run, cfg, resume, overwrite, create=False)
+        seed_everything(cfg["seed"] + self.rank)
+        # The test split is not built here: nothing chosen during training or calibration can see it.
+        self.data = build_data(cfg, splits=("train", "val"))
+        self.model = build_model(cfg, self.data.num_classes, self.data.channels, drop_path_rate=cfg["drop_path_rate"],
+                                 pretrained=cfg["pretrained"]).to(self.device)
+        if self.world > 1:
+            self.model = dist_utils.convert_batchnorm(self.model, self.device)
+        self.positive = self._operating_point_class()
+        prepare_output(self.run, cfg, resume, overwrite, create=not resume)
+        self.optimizer = build_optimizer(self.model, cfg)
+        n_train = len(self.data.splits["train"])
+        self.steps_per_epoch = max(1, math.ceil(math.ceil(n_train / self.world) / cfg["batch_size"]))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16" and self.device.type == "cuda")
+        self.ema = None
+        if cfg["ema"]:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(self.model, decay=cfg["ema"], use_warmup=cfg["ema_warmup"])
+        self.loss = TrainingLoss.from_config(cfg, self.data, self.device)
+        self.state = TrainState()
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if resume:
+            self._resume()
+        self.choice = CheckpointChoice(cfg["monitor"])
+        self.monitor = WarningMonitor(self.state, len(self.data.splits["val"]), self._say if dist_utils.is_main() else None)
+        self.log = MetricsLog(self.run, cfg["tensorboard"]) if dist_utils.is_main() else None
+
+    def _say(self, text: str):
+        print(text, flush=True)
+
+    def _operating_point_class(self) -> int:
+        """The class ``sensitivity`` is about, checked against the data now rather than after training."""
+        cfg = self.cfg
+        if cfg["sensitivity"] is not None and self.data.task != "binary-class":
+            raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, "
+                                f"not {self.data.task}")
+        return 1 if cfg["positive_class"] is None else class_index(cfg["positive_class"], self.data.classes)
+
+    # ---- checkpoints: rank 0 writes, every rank waits ------------------------------------------------------
+    def _save_last(self, name: str = "last"):
+        if dist_utils.is_main():
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng": rng_state(), "train": vars(self.state),
+                     "world_size": self.world}
+            save_training_checkpoint(self.run, name, self.model, self.ema.module if self.ema else None, state,
+                                     vars(self.state))
+        dist_utils.barrier()
+
+    def _save_best(self, model: torch.nn.Module):
+        if dist_utils.is_main():
+            save_best_checkpoint(self.run, model, self.model_card())
+        dist_utils.barrier()
+
+    def _resume(self):
+        ckpt = load_training_checkpoint(self.run)
+        state = ckpt.state
+        if state["world_size"] != self.world:
+            raise MedMambaError(f"checkpoint was written with {state['world_size']} processes, resumed with "
+                                f"{self.world}: an exact resume needs the same number")
+        self.model.load_state_dict({k: v.to(self.device) for k, v in ckpt.weights.items()})
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt.ema)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(**state["train"])
+        set_rng_state(state["rng"])
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def _loader(self, epoch: int, start: int) -> DataLoader:
+        sampler = EpochSampler(len(self.data.splits["train"]), self.cfg["seed"], epoch, start * self.cfg["batch_size"])
+        gen = torch.Generator().manual_seed(self.cfg["seed"] * 1000 + epoch)
+        return DataLoader(self.data.splits["train"], batch_size=self.cfg["batch_size"], sampler=sampler,
+                          num_workers=self.cfg["data"]["num_workers"], generator=gen, drop_last=False,
+                          persistent_workers=False)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
+        loss = self.loss(self.ddp_model, x, y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {self.state.step_in_epoch + 1}; "
+                                f"stopped. Last good checkpoint: {self.run.complete_checkpoint('last') or 'none yet'}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg["clip_grad"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.state.step_in_epoch += 1
+        self.state.global_step += 1
+        if self.ema is not None:
+            # With warm-up the decay grows with the step (1 - (1 + step)^(-2/3), up to cfg ema).
+            self.ema.update(self.model, step=self.state.global_step if self.cfg["ema_warmup"] else None)
+        self.state.loss_sum += loss.item() * len(x)
+        self.state.loss_count += len(x)
+        return loss.item()
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.ddp_model.train()
+        bar = None
+        if self.progress and dist_utils.is_main():
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.steps_per_epoch, initial=self.state.step_in_epoch, leave=False, dynamic_ncols=True,
+                       desc=f"epoch {epoch + 1}/{self.cfg['epochs']}")
+        for x, y in self._loader(epoch, self.state.step_in_epoch):
+            loss = self._step(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), epoch)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{max(self.scheduler.get_last_lr()):.2e}")
+                bar.update(1)
+            every = self.cfg["save_every_steps"]
+            if every and self.state.global_step % every == 0:
+                self._save_last()
+            for cb in self.callbacks:
+                cb(self)
+        if bar is not None:
+            bar.close()
+        mean = self.state.loss_sum / max(self.state.loss_count, 1)
+        self.state.loss_sum, self.state.loss_count = 0.0, 0
+        return dist_utils.all_reduce_mean(mean)
+
+    def candidates(self) -> dict[str, torch.nn.Module]:
+        """The weights validated at each epoch: the EMA (when on) and the raw ones; the better is kept."""
+        return {"ema": self.ema.module, "raw": self.model} if self.ema is not None else {"raw": self.model}
+
+    def validate(self, model: Optional[torch.nn.Module] = None) -> dict:
+        return validation_metrics(model or self.model, self.data.splits["val"], self.data, self.cfg, self.device)
+
+    def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> bool:
+        """Validate, keep the better weights if they improved, log, save; True when early stopping says stop."""
+        vals = {name: self.validate(model) for name, model in self.candidates().items()}
+        chosen = self.choice.pick(vals)
+        val, state = vals[chosen], self.state
+        value = self.choice.value(val)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        improved = self.choice.better(value, state.best)
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs, state.best_weights = value, epoch + 1, 0, chosen
+            state.best_one_class = val["single_class_share"] == 1.0
+        else:
+            state.bad_epochs += 1
+        self.monitor.epoch(epoch + 1, val, train_loss)
+        monitor = self.cfg["monitor"]
+        if self.log is not None:
+            self.log.write({"epoch": epoch + 1, "train_loss": train_loss, "lr": max(self.scheduler.get_last_lr()),
+                            "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"],
+                            "val_f1": val["f1"], "val_sensitivity": val["sensitivity"],
+                            "val_specificity": val["specificity"], "weights": chosen,
+                            **{f"val_{monitor}_{n}": self.choice.value(v) for n, v in vals.items() if len(vals) > 1},
+                            "best_epoch": state.best_epoch, "seconds": seconds})
+        if improved:
+            self._save_best(self.candidates()[chosen])
+        self._save_last()
+        if dist_utils.is_main() and self.progress:
+            self._say(f"epoch {epoch + 1:>3}/{self.cfg['epochs']}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}"
+                      f"  acc {val['accuracy']:.4f}  auc {val['auc']:.4f}" + (f"  ({chosen})" if self.ema else "")
+                      + ("  *best" if improved else ""))
+        patience = self.cfg["early_stopping"]
+        if patience and state.bad_epochs >= patience:
+            if dist_utils.is_main() and self.progress:
+                self._say(f"early stopping: no {monitor} improvement in {patience} epochs")
+            return True
+        return False
+
+    def fit(self) -> dict:
+        while self.state.epoch < self.cfg["epochs"]:
+            epoch, t0 = self.state.epoch, time.time()
+            train_loss = self._train_epoch(epoch)
+            if self._end_epoch(epoch, train_loss, time.time() - t0):
+                break
+        self.monitor.end()
+        return {"best": self.state.best, "best_epoch": self.state.best_epoch, "epochs": self.state.epoch}
+
+    def model_card(self) -> ModelCard:
+        """Enough to rebuild the model and its data handling for evaluation and prediction."""
+        d = self.cfg["data"]
+        return ModelCard(model=self.cfg["model"], model_args=self.cfg["model_args"], num_classes=self.data.num_classes,
+                         in_chans=self.data.channels, classes=list(self.data.classes), task=self.data.task,
+                         img_size=d["img_size"], mean=d["mean"], std=d["std"], dataset=self.data.name,
+                         tta=self.cfg["tta"], epoch=self.state.best_epoch, monitor=self.cfg["monitor"],
+                         value=self.state.best, weights=self.state.best_weights)
+
+    def best_model(self) -> torch.nn.Module:
+        """A copy of the model holding the best checkpoint's weights (training state left untouched)."""
+        model = copy.deepcopy(self.model).eval()
+        if self.run.weights("best").is_file():
+            model.load_state_dict(read_state_dict(self.run.weights("best")))
+        return model
+
+    def calibrate(self, model: torch.nn.Module) -> ModelCard:
+        """Fit the temperature and, with ``sensitivity``, the binary threshold on the validation split; write
+        them into the best checkpoint's model card. Only validation images are seen here."""
+        card = calibrate_card(model, self.data.splits["val"], self.model_card(), self.cfg, self.data.multi_label,
+                              self.positive, self.device)
+        if dist_utils.is_main() and self.run.weights("best").is_file():
+            write_card(card, self.run.card("best"))
+        return card
+
+    def test(self, split: str = "test") -> Evaluation:
+        """Calibrate the best checkpoint on validation, then (and only then) evaluate it on ``split``; the
+        report goes to output/eval_<split>."""
+        model = self.best_model()
+        card = self.calibrate(model)
+        loaded = LoadedRun(model, self.cfg, card, self.run.weights("best"), copy.copy(self.data))
+        loaded.data.splits = dict(self.data.splits)
+        return evaluate(loaded, split, output=self.run.eval_dir(split), overwrite=True, n_resamples=self.cfg["bootstrap"],
+                        seed=self.cfg["seed"], warnings=self.state.warnings, write=dist_utils.is_main(),
+                        device=self.device)
+
+
+def train(cfg: dict | str | None = None, output: str | os.PathLike = "runs/medmamba", overrides=(), resume=False,
+          overwrite=False, callbacks=(), progress=True, test_split: Optional[str] = "test"):
+    """Library entry point: train, then evaluate the best checkpoint on ``test_split``."""
+    if resume:
+        cfg = load_config(RunDir(output).config, overrides)
+    elif not isinstance(cfg, dict):
+        cfg = load_config(cfg, overrides)
+    trainer = Trainer(cfg, output, resume=resume, overwrite=overwrite, callbacks=callbacks, progress=progress)
+    summary = trainer.fit()
+    result = {"summary": summary, "trainer": trainer}
+    if test_split:
+        evaluation = trainer.test(test_split)
+        result["report"], result["test"], result["assessment"] = evaluation.paths, evaluation.metrics, evaluation.report
+        result["evaluation"] = evaluation
+    return result
