@@ -8,9 +8,7 @@ if not torch.cuda.is_available():
     # Triton kernels run in the interpreter on CPU tensors; read when the kernels are defined.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MEDMAMBA_SHARED", REPO.parent / "shared"))
-PARITY_DIR = Path(os.environ.get("MEDMAMBA_PARITY_DIR", SHARED / "parity"))
+from .helpers import PARITY_DIR  # noqa: E402  (after TRITON_INTERPRET: it imports medmamba.ops)
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +22,6 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def parity(parity_dir):
     return torch.load(parity_dir / "medmamba_official_parity.pt", weights_only=True)
-
-
-def rel_err(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    """||ours - theirs|| / ||theirs||, the parity README's measure."""
-    ours, theirs = ours.detach().double(), theirs.detach().double()
-    return ((ours - theirs).norm() / theirs.norm().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(autouse=True)

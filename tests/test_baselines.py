@@ -11,8 +11,8 @@ from medmamba.cli import main
 from medmamba.data import MedMNIST
 from medmamba.training.trainer import train
 
-from .test_data import MEDMNIST, needs_medmnist
-from .test_train import TINY, tiny_cfg
+from .helpers import MEDMNIST, REPO, TINY, needs_medmnist, run_python, tiny_cfg
+
 
 pytestmark = needs_medmnist
 
@@ -67,7 +67,6 @@ def test_timm_run_evaluates_compares_predicts_explains_and_exports(resnet_run, t
 
 
 def test_unknown_timm_name_is_one_line_saying_how_to_list(tmp_path):
-    from .test_train import run_python
     proc = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", "train",
                       "--output", tmp_path / "o", *TINY, "model=timm/not_a_network", check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -90,8 +89,6 @@ def test_temperature_is_applied_by_predict(resnet_run, tmp_path):
 
 def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys):
     import importlib.util
-
-    from .conftest import REPO
     spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -140,8 +137,6 @@ def test_benchmark_times_pool_only_within_one_host():
     per host, never one mean across them (which would read as a single machine's)."""
     import importlib.util
     from types import SimpleNamespace
-
-    from .conftest import REPO
     spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

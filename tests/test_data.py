@@ -13,11 +13,8 @@ from medmamba.data import (MedMNIST, build_transform, csv_manifest_splits, image
                            medmnist_info, medmnist_subsets, read_image)
 from medmamba.errors import DataError
 
-from .conftest import REPO, SHARED
+from .helpers import MEDMNIST, REPO, needs_medmnist
 
-MEDMNIST = SHARED / "medmnist"
-needs_medmnist = pytest.mark.skipif(not (MEDMNIST / "breastmnist.npz").is_file(),
-                                    reason=f"MedMNIST files not found in {MEDMNIST} (set MEDMAMBA_SHARED)")
 
 
 def test_subset_table():

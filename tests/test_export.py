@@ -10,13 +10,14 @@ from medmamba.artifacts.checkpoint import save_pretrained
 from medmamba.cli import main
 from medmamba.errors import MedMambaError
 
-from .test_data import MEDMNIST, needs_medmnist
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 from medmamba.deploy.export import check_onnx, export_onnx, onnx_session  # noqa: E402
 from medmamba.models.medmamba import SS2D  # noqa: E402
+
+from .helpers import MEDMNIST, needs_medmnist
 
 
 def run_onnx(path, x):

@@ -1,5 +1,6 @@
 """Using a trained model: saved weights + JSON config, image files of every kind, `medmamba predict`."""
 import csv
+import importlib.util
 import json
 
 import numpy as np
@@ -150,7 +151,7 @@ def test_model_trained_with_tta_predicts_with_it(tmp_path):
     assert np.abs(tta.predict_batch(x) - plain.predict_batch(x)).max() > 1e-4
 
 
-pydicom = pytest.importorskip("pydicom")
+needs_pydicom = pytest.mark.skipif(importlib.util.find_spec("pydicom") is None, reason="pydicom is not installed")
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=None, center=None, width=None):
@@ -174,6 +175,7 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=N
     ds.save_as(path, enforce_file_format=True)
 
 
+@needs_pydicom
 def test_dicom_rescale_window_and_monochrome1(tmp_path):
     stored = np.arange(0, 2400, 10, dtype=np.uint16).reshape(12, 20)
     hu = stored * 2.0 - 1024.0                      # RescaleSlope 2, RescaleIntercept -1024
@@ -192,6 +194,7 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path):
         read_image(tmp_path / "bad.dcm", 1)
 
 
+@needs_pydicom
 def test_predict_reads_dicom(tmp_path):
     model, _ = saved_model(tmp_path / "model")
     stored = (np.arange(36 * 36).reshape(36, 36) % 700).astype(np.uint16)

@@ -8,7 +8,8 @@ import torch
 import medmamba
 from medmamba.ops import available_backends
 
-from .conftest import rel_err
+from .helpers import rel_err
+
 
 TOL = 1e-4
 BIAS_BEFORE_TRAIN_BN = re.compile(r"conv33conv33conv11\.[14]\.bias$")

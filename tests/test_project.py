@@ -8,7 +8,8 @@ import torch
 from medmamba.data import medmnist_subsets
 from medmamba.evaluation.reports import PUBLISHED, published_table
 
-from .conftest import REPO
+from .helpers import REPO
+
 
 
 def pyproject() -> dict:

@@ -5,9 +5,8 @@ import torch
 from medmamba.ops import selective_scan
 from medmamba.ops.scan_chunked import selective_scan_chunked
 
-from .conftest import rel_err
-from .test_scan_cpu import assert_backends_agree, inputs
-from .test_selective_scan import direct_recurrence
+from .helpers import assert_backends_agree, direct_recurrence, inputs, rel_err
+
 
 
 # lengths that are and are not a square (padding), down to one step.

@@ -11,8 +11,8 @@ import torch
 from medmamba.errors import ModelError
 from medmamba.ops import BACKENDS, cross_selective_scan, resolve_backend, selective_scan
 
-from .conftest import rel_err
-from .test_scan_cpu import inputs
+from .helpers import inputs, rel_err
+
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

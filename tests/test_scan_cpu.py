@@ -5,55 +5,10 @@ import torch
 from medmamba.ops import cross_selective_scan, selective_scan
 from medmamba.ops.selective_scan import BACKENDS
 
-from .conftest import rel_err
-from .test_selective_scan import direct_recurrence
+from .helpers import NAMES, assert_backends_agree, direct_recurrence, inputs, rel_err, run
+
 
 pytestmark = pytest.mark.skipif(not BACKENDS["cpu"].is_available(), reason="numba is not importable")
-
-NAMES = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
-
-
-def inputs(batch, dim, length, n, groups, with_D=True, with_bias=True, dtype=torch.float32, seed=None,
-           delta_scale=0.5, a_scale=2.0, noncontiguous=False):
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
-    def r(*shape, scale=1.0):
-        t = torch.randn(*shape, generator=g, dtype=dtype) * scale
-        if noncontiguous:  # same values, laid out transposed in memory
-            t = t.transpose(0, -1).contiguous().transpose(0, -1)
-        return t.requires_grad_()
-    x = dict(u=r(batch, dim, length), delta=r(batch, dim, length, scale=delta_scale),
-             A=(-torch.rand(dim, n, generator=g, dtype=dtype) * a_scale).requires_grad_(),
-             B=r(batch, groups, n, length), C=r(batch, groups, n, length),
-             D=r(dim) if with_D else None, delta_bias=r(dim, scale=0.5) if with_bias else None)
-    if noncontiguous:
-        assert not x["u"].is_contiguous()
-    return x
-
-
-def run(backend, x, softplus, z=None):
-    y = selective_scan(**x, z=z, delta_softplus=softplus, backend=backend)
-    # drawn in float32 whatever the dtype, so a float64 run of the same inputs gets the same output gradient
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.dtype)
-    leaves = [x[k] for k in NAMES if x[k] is not None] + ([z] if z is not None else [])
-    return y, dict(zip([k for k in NAMES if x[k] is not None] + (["z"] if z is not None else []),
-                       torch.autograd.grad(y, leaves, gy)))
-
-
-def assert_backends_agree(x, softplus, tol=1e-5, z=None, backend="cpu"):
-    """``backend`` against the reference, forward and every gradient, both judged by the reference in float64
-    on the same values: A's gradient sums thousands of terms that cancel, so on some draws the float32
-    reference is itself 1e-5 off the truth (seen in CI). Each result must be within ``tol`` of float64, or no
-    further from it than four times the float32 reference is."""
-    def double(t):
-        return None if t is None else t.detach().double().requires_grad_()
-
-    y_ref, g_ref = run("reference", x, softplus, z)
-    y_new, g_new = run(backend, x, softplus, z)
-    y_64, g_64 = run("reference", {k: double(v) for k, v in x.items()}, softplus, double(z))
-    assert y_new.dtype == y_ref.dtype and y_new.shape == y_ref.shape
-    errors = {k: (rel_err(new, truth), rel_err(ref, truth))
-              for k, new, ref, truth in [("y", y_new, y_ref, y_64)] + [(k, g_new[k], g_ref[k], g_64[k]) for k in g_ref]}
-    assert all(new <= max(tol, 4 * ref) for new, ref in errors.values()), errors
 
 
 @pytest.mark.parametrize("length", [1, 7, 64])

@@ -10,8 +10,8 @@ import torch
 from medmamba.ops import cross_selective_scan
 from medmamba.ops.selective_scan import BACKENDS
 
-from .conftest import rel_err
-from .test_scan_cpu import NAMES, inputs
+from .helpers import NAMES, inputs, rel_err
+
 
 pytestmark = pytest.mark.skipif(not BACKENDS["triton"].is_available(), reason="triton is not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,29 +5,7 @@ import torch
 
 from medmamba.ops import available_backends, selective_scan, selective_scan_reference
 
-
-def direct_recurrence(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = C_t h_t + D u_t, written out in float64 loops."""
-    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.double()[:, None]
-    if delta_softplus:
-        delta = torch.log1p(torch.exp(delta))
-    batch, dim, length = u.shape
-    per_group = dim // B.shape[1]
-    y = torch.zeros(batch, dim, length, dtype=torch.float64)
-    for b in range(batch):
-        for d in range(dim):
-            g = d // per_group
-            h = torch.zeros(A.shape[1], dtype=torch.float64)
-            for t in range(length):
-                h = torch.exp(delta[b, d, t] * A[d]) * h + delta[b, d, t] * B[b, g, :, t] * u[b, d, t]
-                y[b, d, t] = (C[b, g, :, t] * h).sum()
-    if D is not None:
-        y = y + D.double()[:, None] * u
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.double())
-    return y
+from .helpers import direct_recurrence
 
 
 def make_inputs(batch=2, dim=6, length=9, n=4, groups=2, dtype=torch.float32, requires_grad=False, seed=0):

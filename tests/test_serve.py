@@ -22,9 +22,8 @@ from PIL import Image
 from medmamba.cli import main
 from medmamba.training.trainer import train
 
-from .conftest import REPO
-from .test_data import MEDMNIST, needs_medmnist
-from .test_train import tiny_cfg
+from .helpers import MEDMNIST, REPO, needs_medmnist, tiny_cfg
+
 
 pytest.importorskip("gradio")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

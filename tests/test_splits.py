@@ -11,7 +11,8 @@ from medmamba.data import csv_manifest_splits, group_split, kfold_indices
 from medmamba.data.builder import build_data
 from medmamba.errors import DataError
 
-from .test_data import MEDMNIST, needs_medmnist
+from .helpers import MEDMNIST, TINY, needs_medmnist
+
 
 
 @pytest.mark.parametrize("draw", range(20))
@@ -110,8 +111,6 @@ def test_medmnist_folds_pool_train_and_val_and_leave_test_alone():
 @needs_medmnist
 def test_cv_command_runs_every_fold_and_reports_mean_and_sd(tmp_path, capsys):
     from medmamba.cli import main
-
-    from .test_train import TINY
     assert main(["cv", "--output", str(tmp_path / "cv"), *TINY, "data.folds=2", "epochs=1",
                  "data.max_samples=24"]) == 0
     result = json.loads((tmp_path / "cv" / "cv.json").read_text())

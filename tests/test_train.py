@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,27 +13,10 @@ from medmamba.config import load_config
 from medmamba.errors import MedMambaError, TrainingError
 from medmamba.training.trainer import train
 
-from .conftest import REPO, SHARED
-from .test_data import needs_medmnist
-
-pytestmark = needs_medmnist
-TINY = [f"data.root={SHARED / 'medmnist'}", "data.img_size=28", "data.max_samples=40", "batch_size=8",
-        "eval_batch_size=16", "model_args={depths: [1, 1], dims: [8, 16]}", "epochs=3", "tensorboard=false"]
+from .helpers import REPO, SHARED, TINY, needs_medmnist, run_python, tiny_cfg
 
 
-def tiny_cfg(*extra):
-    return load_config(None, TINY + list(extra))
-
-
-def run_python(code: str, *args, env_extra=None, check=True):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
-
-
+@needs_medmnist
 def test_run_folder_contents_and_no_overwrite(tmp_path):
     out = tmp_path / "run"
     result = train(tiny_cfg(), out, progress=False)
@@ -58,6 +40,7 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
     assert model.head.out_features == 2
 
 
+@needs_medmnist
 def test_fine_tuning_starts_from_another_runs_best_weights(tmp_path):
     from medmamba.training.trainer import Trainer
     first = tmp_path / "first"
@@ -88,6 +71,7 @@ train(None if resume else load_config(None, overrides), sys.argv[1], resume=resu
 """.replace("{kill}", str(KILL_AT_STEP))
 
 
+@needs_medmnist
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     # augmentation and stochastic depth on: the RNG states must be restored too
     overrides = TINY + ["save_every_steps=2", "augment.rotation=15", "drop_path_rate=0.2", "mixup=0.4", "threads=1"]
@@ -130,6 +114,7 @@ def test_mixup_blends_inputs_and_labels_in_one_proportion():
     assert torch.equal(seen[-1], x)
 
 
+@needs_medmnist
 def test_loss_class_weights_and_label_smoothing_from_the_config():
     import torch.nn.functional as F
 
@@ -148,6 +133,7 @@ def test_loss_class_weights_and_label_smoothing_from_the_config():
         TrainingLoss.from_config(tiny_cfg("class_weights=[1, 2, 3]"), data, "cpu")
 
 
+@needs_medmnist
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     def poison(trainer):
         if trainer.state.global_step == 6:  # after the end-of-epoch-1 checkpoint (5 steps an epoch)
@@ -161,6 +147,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert state["epoch"] == 1 and state["global_step"] == 5
 
 
+@needs_medmnist
 def test_options_ema_weights_sgd_schedule_and_early_stopping(tmp_path):
     result = train(tiny_cfg("ema=0.9", "class_weights=balanced", "optimizer.name=sgd", "optimizer.lr=0.01",
                             "schedule.name=medmnist", "label_smoothing=0.1", "clip_grad=1.0",
@@ -171,7 +158,7 @@ def test_options_ema_weights_sgd_schedule_and_early_stopping(tmp_path):
     # patience 1: training ends one epoch after the best one, or at the last epoch
     assert summary["epochs"] in (summary["best_epoch"] + 1, 6)
     counts = torch.bincount(torch.as_tensor(trainer.data.splits["train"].labels), minlength=2).float()
-    torch.testing.assert_close(trainer.class_weights, 40 / (2 * counts))
+    torch.testing.assert_close(trainer.loss.class_weights, 40 / (2 * counts))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["weights"] in ("ema", "raw") and {"val_loss_ema", "val_loss_raw"} <= set(r) for r in rows)
     best = rows[summary["best_epoch"] - 1]
@@ -213,6 +200,7 @@ def test_layer_decay_scales_lr_from_head_to_stem_through_the_schedule():
         load_config(None, ["optimizer.layer_decay=1.5"])  # refused when the config is read, before any model
 
 
+@needs_medmnist
 def test_cli_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
     def cli(*args):
         return run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", *args,
@@ -275,6 +263,7 @@ def test_import_pulls_in_neither_scikit_learn_nor_matplotlib():
     assert proc.stdout.strip() == "[]"
 
 
+@needs_medmnist
 def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
     out = tmp_path / "run"
     train(tiny_cfg("epochs=1"), out, progress=False, test_split=None)
@@ -293,6 +282,7 @@ def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
     assert bad.returncode == 2 and "5 classes" in bad.stderr and "2" in bad.stderr
 
 
+@needs_medmnist
 def test_ensemble_of_runs_averages_their_probabilities(tmp_path):
     from medmamba import evaluate
     from medmamba.evaluation.runs import run_outputs
@@ -317,6 +307,7 @@ def test_ensemble_of_runs_averages_their_probabilities(tmp_path):
         evaluate([runs[0], tmp_path / "p"], "val", write=False)
 
 
+@needs_medmnist
 def test_torchrun_two_processes_match_one(tmp_path):
     # no augmentation or stochastic depth (each rank draws its own), cross-rank batch norm
     overrides = TINY + ["augment.hflip=0", "drop_path_rate=0", "epochs=2", "threads=1", "data.max_samples=32"]
@@ -341,6 +332,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert t1["auc"] == pytest.approx(t2["auc"], abs=1e-6)
 
 
+@needs_medmnist
 def test_multilabel_chestmnist_layout_trains_with_bce(tmp_path):
     # a small file in ChestMNIST's layout (14 labels per image), since the real one is not in ../shared
     rng = np.random.default_rng(0)
@@ -358,6 +350,7 @@ def test_multilabel_chestmnist_layout_trains_with_bce(tmp_path):
     assert 0.0 <= m["medmnist"]["acc"] <= 1.0 and 0.0 <= m["auc"] <= 1.0
 
 
+@needs_medmnist
 def test_test_split_never_reaches_model_selection(tmp_path, monkeypatch):
     """The checkpoint, its temperature and its threshold must not depend on the test split at all: two runs
     whose test images and labels differ completely keep identical weights and model cards. The test split
@@ -398,6 +391,7 @@ def test_test_split_never_reaches_model_selection(tmp_path, monkeypatch):
     assert runs["real"]["test"]["accuracy"] != runs["other"]["test"]["accuracy"]  # the test sets did differ
 
 
+@needs_medmnist
 def test_ema_warmup_does_not_collapse_where_the_raw_weights_do_not(tmp_path):
     """180 optimiser steps at decay 0.99 on real images: without warm-up the EMA still holds 0.99^180 = 16%
     of the random initial weights; with it, the EMA follows the trained weights and predicts both classes."""
@@ -419,6 +413,7 @@ def test_ema_warmup_does_not_collapse_where_the_raw_weights_do_not(tmp_path):
     assert drift < 0.1 * size
 
 
+@needs_medmnist
 def test_collapse_warning_fires_on_a_constant_predictor(tmp_path):
     def constant(trainer):
         with torch.no_grad():  # every image gets class 0, whatever it shows

@@ -6,7 +6,6 @@ import os
 import pickle
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,8 +17,9 @@ from .card import ModelCard, write_card
 from .files import atomic_path, refuse_existing
 from .run_dir import CARD, EMA_WEIGHTS, META, STATE, WEIGHTS, RunDir
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_training_checkpoint", "read_state_dict", "resolve_weights",
-           "save_best_checkpoint", "save_pretrained", "save_training_checkpoint", "save_weights"]
+__all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "resolve_weights",
+           "restore_training_checkpoint", "save_best_checkpoint", "save_pretrained",
+           "save_training_checkpoint", "save_weights"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 
@@ -190,31 +190,34 @@ def save_best_checkpoint(run: RunDir, model: nn.Module, card: ModelCard) -> Path
     return write_checkpoint_folder(run, "best", files)
 
 
-def save_training_checkpoint(run: RunDir, name: str, model: nn.Module, ema: Optional[nn.Module], state: dict,
-                             meta: dict) -> Path:
-    """Weights, EMA weights, ``state`` (optimiser, schedule, RNG... as tensors and plain containers) and a
-    readable ``meta``: all that an exact resume needs."""
+def save_training_checkpoint(run: RunDir, name: str, model: nn.Module, ema: Optional[nn.Module], parts: dict,
+                             train_state: dict, extra: Optional[dict] = None) -> Path:
+    """All that an exact resume needs: weights, EMA weights, the ``state_dict()`` of each of ``parts``
+    (optimiser, scheduler, scaler...), ``train_state`` (also written readable as meta.json) and ``extra``
+    (RNG states, world size), as tensors and plain containers that load with ``weights_only=True``."""
+    state = {**{key: part.state_dict() for key, part in parts.items()}, "train": train_state, **(extra or {})}
+
     def files(tmp: Path):
         save_weights(model, tmp / WEIGHTS)
         if ema is not None:
             save_weights(ema, tmp / EMA_WEIGHTS)
         torch.save(state, tmp / STATE)
-        (tmp / META).write_text(json.dumps(meta))
+        (tmp / META).write_text(json.dumps(train_state))
     return write_checkpoint_folder(run, name, files)
 
 
-@dataclass
-class TrainingCheckpoint:
-    weights: dict
-    ema: Optional[dict]
-    state: dict
-
-
-def load_training_checkpoint(run: RunDir, name: str = "last") -> TrainingCheckpoint:
-    """The complete checkpoint ``name`` (or the one an interrupted swap left), read without unpickling objects."""
+def restore_training_checkpoint(run: RunDir, model: nn.Module, ema: Optional[nn.Module], parts: dict,
+                                name: str = "last") -> dict:
+    """Load the complete checkpoint ``name`` (or the one an interrupted swap left) into ``model``, ``ema`` and
+    ``parts``; returns the rest of its state (train state, RNG states...). Nothing is unpickled."""
     folder = run.complete_checkpoint(name)
     if folder is None:
         raise MedMambaError(f"--resume: no checkpoint in {run.checkpoints}")
     state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-    ema = read_state_dict(folder / EMA_WEIGHTS) if (folder / EMA_WEIGHTS).is_file() else None
-    return TrainingCheckpoint(read_state_dict(folder / WEIGHTS), ema, state)
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device) for k, v in read_state_dict(folder / WEIGHTS).items()})
+    if ema is not None:
+        ema.load_state_dict(read_state_dict(folder / EMA_WEIGHTS))
+    for key, part in parts.items():
+        part.load_state_dict(state.pop(key))
+    return state

@@ -26,7 +26,7 @@ from ..data.transforms import build_transform
 from ..errors import CheckpointError, DataError
 from ..artifacts.files import atomic_write_text
 from ..models import create_model
-from ..evaluation.prediction import model_probabilities
+from ..evaluation.prediction import model_probabilities, predicted_names
 
 
 def load_model(path: str | os.PathLike, scan_backend: str = "auto", device=None) -> torch.nn.Module:
@@ -126,14 +126,7 @@ class PredictionResult:
         return len(self.paths) / self.seconds if self.seconds > 0 else float("nan")
 
     def predicted(self) -> list[str]:
-        if self.multi_label:
-            return [";".join(c for c, p in zip(self.classes, row) if p >= 0.5) for row in self.probabilities]
-        if not len(self.paths):
-            return []
-        if self.threshold is not None and len(self.classes) == 2:
-            hit = self.probabilities[:, self.positive] >= self.threshold
-            return [self.classes[self.positive if h else 1 - self.positive] for h in hit]
-        return [self.classes[k] for k in self.probabilities.argmax(1)]
+        return predicted_names(self.probabilities, self.classes, self.multi_label, self.threshold, self.positive)
 
     def to_csv(self) -> str:
         out = io.StringIO()

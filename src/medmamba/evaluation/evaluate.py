@@ -134,35 +134,21 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
     return result
 
 
-def predicted_classes(probs: np.ndarray, multi_label: bool, threshold: Optional[float] = None,
-                      positive: int = 1) -> list:
-    """Each image's predicted class index (multi-label: the list of classes at p >= 0.5); with a binary
-    ``threshold``, ``positive`` when its probability reaches it."""
-    if multi_label:
-        return [list(np.flatnonzero(p >= 0.5)) for p in probs]
-    if threshold is not None:
-        return [positive if p[positive] >= threshold else 1 - positive for p in probs]
-    return list(probs.argmax(1))
-
-
 def write_predictions(path: Path, outputs: RunOutputs, threshold: Optional[float] = None, positive: int = 1) -> Path:
-    """predictions.csv: one row per image (id, true label, each class's probability, prediction, correct)."""
+    """predictions.csv: one row per image (id, true label, each class's probability, prediction, correct);
+    multi-label classes joined by ";" as ``predict`` writes them."""
     from ..data.builder import sample_ids
+    from .prediction import predicted_names
     data = outputs.data
     names = [str(c) for c in data.classes]
-    ids = sample_ids(outputs.dataset)
-    predicted = predicted_classes(outputs.probs, data.multi_label, threshold, positive)
-
-    def label(value):
-        if data.multi_label:
-            return "|".join(names[i] for i in np.flatnonzero(np.asarray(value) >= 0.5))
-        return names[int(value)]
+    truth = predicted_names(np.asarray(outputs.labels, dtype=float), names, True) if data.multi_label else \
+        [names[int(y)] for y in outputs.labels]
+    predicted = predicted_names(outputs.probs, names, data.multi_label, threshold, positive)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "label", *(f"prob_{n}" for n in names), "predicted", "correct"])
-        for image, y, p, pred in zip(ids, outputs.labels, outputs.probs, predicted):
-            shown = "|".join(names[i] for i in pred) if data.multi_label else names[pred]
-            w.writerow([image, label(y), *(f"{v:.6f}" for v in p), shown, label(y) == shown])
+        for image, y, p, shown in zip(sample_ids(outputs.dataset), truth, outputs.probs, predicted):
+            w.writerow([image, y, *(f"{v:.6f}" for v in p), shown, y == shown])
     return path
 
 

@@ -78,3 +78,17 @@ def predict(model, dataset, batch_size: int = 64, device="cpu", amp: Optional[st
     labels, logits = predict_logits(model, dataset, batch_size, device, amp, num_workers, progress, tta)
     probs = probabilities_from_logits(torch.from_numpy(logits), multi_label, temperature).numpy()
     return labels, probs
+
+
+def predicted_names(probs: np.ndarray, classes, multi_label: bool, threshold: Optional[float] = None,
+                    positive: int = 1) -> list[str]:
+    """Each image's predicted class name: the most probable class; with a binary ``threshold``, ``positive``
+    when its probability reaches it; multi-label: every class at p >= 0.5, joined by ";"."""
+    classes = [str(c) for c in classes]
+    if multi_label:
+        return [";".join(c for c, p in zip(classes, row) if p >= 0.5) for row in probs]
+    if not len(probs):
+        return []
+    if threshold is not None and len(classes) == 2:
+        return [classes[positive if p >= threshold else 1 - positive] for p in probs[:, positive]]
+    return [classes[k] for k in np.asarray(probs).argmax(1)]

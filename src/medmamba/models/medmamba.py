@@ -10,6 +10,7 @@ import math
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,6 +23,24 @@ from .layers import DropPath, concat_shuffle
 
 __all__ = ["MedMamba", "MedMambaFeatures", "PatchEmbed2D", "PatchMerging2D", "SS2D", "SS_Conv_SSM", "VSSLayer",
            "checkpoint_filter_fn", "medmamba_t", "medmamba_s", "medmamba_b"]
+
+
+def checked_images(x: torch.Tensor, in_chans: int, patch_size: int) -> torch.Tensor:
+    """``x`` if it is a (batch, in_chans, H, W) batch of images of at least one patch; else one clear error."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"MedMamba expects images as a (batch, channels, height, width) tensor; got {shape}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"MedMamba was built for {in_chans}-channel images; got {x.shape[1]} channels "
+                         f"(input shape {tuple(x.shape)})")
+    if min(x.shape[-2:]) < patch_size:
+        raise ValueError(f"images must be at least {patch_size}x{patch_size} pixels; got {tuple(x.shape[-2:])}")
+    return x
+
+
+# Symbolic tracing (torch.fx, timm's feature extraction) keeps the check as one call that runs on real tensors:
+# its branches on shapes cannot be traced.
+torch.fx.wrap("checked_images")
 
 
 class PatchEmbed2D(nn.Module):
@@ -204,12 +223,14 @@ class MedMamba(nn.Module):
         scan_backend: selective-scan backend of every SS2D ("auto", "reference", "cpu", "triton", "mamba_ssm").
         backbone_stages: build only the first N stages, with no Patch-M after the last of them and no pool or
             head (a features-only backbone); drop-path rates stay those of the full depth.
+        global_pool: "avg" (the paper's), or "" for no pooling: the head then acts on each position and
+            forward returns NCHW maps (timm's convention).
     """
 
     def __init__(self, depths=(2, 2, 4, 2), dims=(96, 192, 384, 768), num_classes=1000, in_chans=3, patch_size=4,
                  d_state=16, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1, norm_layer=nn.LayerNorm,
                  patch_norm=True, use_checkpoint=False, scan_backend="auto", backbone_stages: Optional[int] = None,
-                 **ss2d_kwargs):
+                 global_pool: str = "avg", **ss2d_kwargs):
         super().__init__()
         if isinstance(dims, int):
             dims = [dims * 2 ** i for i in range(len(depths))]
@@ -224,7 +245,8 @@ class MedMamba(nn.Module):
         self.in_chans = in_chans
         self.patch_size = patch_size
         self.embed_dim = dims[0]
-        self.num_features = dims[-1]
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.global_pool = global_pool
         self.patch_embed = PatchEmbed2D(patch_size, in_chans, self.embed_dim, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(p=drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -279,29 +301,25 @@ class MedMamba(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int):
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool={global_pool!r}: MedMamba pools by 'avg' or not at all ('')")
+            self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head)
 
-    def check_input(self, x: torch.Tensor):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"MedMamba expects images as a (batch, channels, height, width) tensor; got {shape}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"MedMamba was built for {self.in_chans}-channel images; got {x.shape[1]} channels "
-                             f"(input shape {tuple(x.shape)})")
-        if min(x.shape[-2:]) < self.patch_size:
-            raise ValueError(f"images must be at least {self.patch_size}x{self.patch_size} pixels; "
-                             f"got {tuple(x.shape[-2:])}")
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return checked_images(x, self.in_chans, self.patch_size)
 
     def forward_stages(self, x, out_indices: Sequence[int] = ()):
         """Run the backbone; returns the final NHWC map and the NCHW maps of the stages in out_indices.
 
         A stage's map is taken after its blocks and before its Patch-M, at stride patch_size * 2**i.
         """
-        self.check_input(x)
+        x = checked_images(x, self.in_chans, self.patch_size)
         x = self.pos_drop(self.patch_embed(x))
         maps = []
         for i, layer in enumerate(self.layers):
@@ -320,9 +338,37 @@ class MedMamba(nn.Module):
         """Last-stage feature map, NCHW."""
         return self.forward_backbone(x).permute(0, 3, 1, 2)
 
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[int | Sequence[int]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's interface: (last-stage map as ``forward_features`` gives it, [the NCHW map of each stage in
+        ``indices``]); an int n means the last n stages. ``norm`` and ``stop_early`` change nothing here:
+        MedMamba has no final norm, and every stage is run."""
+        from timm.models._features import feature_take_indices
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: MedMamba's intermediates are NCHW")
+        take, _ = feature_take_indices(len(self.layers), indices)
+        final, maps = self.forward_stages(x, take)
+        return maps if intermediates_only else (final.permute(0, 3, 1, 2), maps)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what follows the last stage in ``indices`` (its Patch-M and later stages; the head with
+        ``prune_head``); returns the kept stage indices."""
+        from timm.models._features import feature_take_indices
+        take, last = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:last + 1]
+        if self.layers[-1].downsample is not None:
+            self.layers[-1].downsample = None
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
     def forward_head(self, x, pre_logits: bool = False):
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.head(x)
+        if self.global_pool == "avg":
+            x = torch.flatten(self.avgpool(x), 1)
+            return x if pre_logits else self.head(x)
+        return x if pre_logits else self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
@@ -339,7 +385,8 @@ class MedMambaFeatures(MedMamba):
         self.out_indices = tuple(sorted({i % n for i in out_indices}))
         kwargs["num_classes"] = 0
         super().__init__(*args, depths=depths, backbone_stages=max(self.out_indices) + 1, **kwargs)
-        self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        from timm.models import FeatureInfo  # timm's form of a backbone's feature_info: channels(), reduction()...
+        self.feature_info = FeatureInfo(self.feature_info, self.out_indices)
 
     def forward(self, x):
         return self.forward_stages(x, self.out_indices)[1]
@@ -371,9 +418,33 @@ VARIANTS = {
 }
 
 
+def _cfg(**kwargs) -> dict:
+    """A variant's pretrained config in timm's terms. No weights are published on a hub (the official ones are
+    on a file-sharing site only), so it names none: ``pretrained`` is a path, or a config that names a file or
+    a hub repository (``timm.create_model("hf-hub:...")``)."""
+    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 1.0,
+            "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),  # the official recipe's
+            "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0",
+            "paper_ids": "arXiv:2403.03849", "paper_name": "MedMamba: Vision Mamba for Medical Image Classification",
+            **kwargs}
+
+
+PRETRAINED_CFGS = {name: _cfg() for name in VARIANTS}
+
+
+def __getattr__(name: str):
+    # timm's register_model reads the module's ``default_cfgs``; built on first use, as importing timm costs
+    # seconds that `import medmamba` need not pay.
+    if name == "default_cfgs":
+        from timm.models import generate_default_cfgs
+        return generate_default_cfgs(PRETRAINED_CFGS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _create(variant: str, pretrained=None, **kwargs) -> MedMamba:
     return build_model_with_cfg(MedMamba, variant, VARIANTS[variant], pretrained, feature_cls=MedMambaFeatures,
-                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+                                pretrained_filter_fn=checkpoint_filter_fn, variant_pretrained_cfg=PRETRAINED_CFGS[variant],
+                                **kwargs)
 
 
 @register_model

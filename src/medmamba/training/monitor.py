@@ -29,6 +29,20 @@ class CheckpointChoice:
             return True
         return a < b if self.monitor == "loss" else a > b
 
+    def update(self, state: TrainState, epoch: int, vals: dict[str, dict]) -> tuple[str, bool]:
+        """After validating ``epoch`` (1-based): which candidate is kept and whether it beats the best so far,
+        recorded in ``state`` (best value, epoch, weights; epochs without improvement)."""
+        chosen = self.pick(vals)
+        val = vals[chosen]
+        value = self.value(val)
+        improved = self.better(value, state.best)
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs, state.best_weights = value, epoch, 0, chosen
+            state.best_one_class = val["single_class_share"] == 1.0
+        else:
+            state.bad_epochs += 1
+        return chosen, improved
+
     def pick(self, vals: dict[str, dict]) -> str:
         """Of the validated candidates ("ema", "raw"), the one to keep: the EMA unless the raw weights are better."""
         if "ema" in vals and not self.better(self.value(vals["raw"]), self.value(vals["ema"])):

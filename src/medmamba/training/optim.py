@@ -59,3 +59,16 @@ def lr_factor(cfg: dict, steps_per_epoch: int) -> Callable[[int], float]:
     if name == "constant":
         return lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
     raise MedMambaError(f"unknown schedule {s['name']!r}; one of cosine, medmnist, constant")
+
+
+def build_optimisation(model: torch.nn.Module, cfg: dict, steps_per_epoch: int, device: torch.device):
+    """(optimizer, lr scheduler stepped once per optimiser step, gradient scaler (fp16 on a GPU only), EMA of
+    the weights or None): every part of a training step that carries state across steps."""
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16" and device.type == "cuda")
+    ema = None
+    if cfg["ema"]:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg["ema"], use_warmup=cfg["ema_warmup"])
+    return optimizer, scheduler, scaler, ema

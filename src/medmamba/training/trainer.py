@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .. import distributed as dist_utils
 from ..artifacts.card import ModelCard, class_index, write_card
-from ..artifacts.checkpoint import (load_training_checkpoint, read_state_dict, save_best_checkpoint,
+from ..artifacts.checkpoint import (read_state_dict, restore_training_checkpoint, save_best_checkpoint,
                                     save_training_checkpoint)
 from ..artifacts.files import refuse_existing
 from ..artifacts.run_dir import RunDir
@@ -28,7 +28,6 @@ from ..data.builder import build_data
 from ..errors import MedMambaError, TrainingError
 from ..evaluation.calibration import calibrate_card, nll, single_class_share
 from ..evaluation.evaluate import Evaluation, evaluate
-from ..evaluation.metrics import classification_metrics
 from ..evaluation.prediction import predict
 from ..evaluation.runs import LoadedRun, build_model
 from ..models.timm_models import TIMM_PREFIX
@@ -36,7 +35,7 @@ from ..ops.selective_scan import resolve_backend
 from .log import MetricsLog
 from .loss import TrainingLoss
 from .monitor import CheckpointChoice, WarningMonitor
-from .optim import build_optimizer, lr_factor
+from .optim import build_optimisation
 from .rng import rng_state, seed_everything, set_rng_state
 from .state import TrainState
 
@@ -62,8 +61,24 @@ class EpochSampler(Sampler):
         return len(self.indices()) - self.start
 
 
+def epoch_loader(dataset, cfg: dict, epoch: int, start_step: int) -> DataLoader:
+    """The training batches of ``epoch`` from optimiser step ``start_step`` on (a resumed epoch)."""
+    sampler = EpochSampler(len(dataset), cfg["seed"], epoch, start_step * cfg["batch_size"])
+    gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
+    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["data"]["num_workers"],
+                      generator=gen, drop_last=False, persistent_workers=False)
+
+
+def epoch_bar(total: int, done: int, epoch: int, epochs: int, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=done, leave=False, dynamic_ncols=True, desc=f"epoch {epoch + 1}/{epochs}")
+
+
 def validation_metrics(model, dataset, data, cfg: dict, device) -> dict:
     """The paper's metrics of ``model`` on the validation split, its loss and the share of its commonest class."""
+    from ..evaluation.metrics import classification_metrics  # scikit-learn: loaded when first needed
     labels, probs = predict(model, dataset, cfg["eval_batch_size"], device, cfg["amp"], data.multi_label,
                             tta=cfg["tta"])
     metrics = classification_metrics(labels, probs, data.task, data.classes)
@@ -91,14 +106,35 @@ def prepare_output(run: RunDir, cfg: dict, resume: bool, overwrite: bool, create
         run.config.write_text(dump_config(cfg))
 
 
+def operating_point_class(cfg: dict, data) -> int:
+    """The class ``sensitivity`` (and a binary report) is about, checked against the data before training."""
+    if cfg["sensitivity"] is not None and data.task != "binary-class":
+        raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, not {data.task}")
+    return 1 if cfg["positive_class"] is None else class_index(cfg["positive_class"], data.classes)
+
+
+def model_card(cfg: dict, data, state: TrainState) -> ModelCard:
+    """Enough to rebuild the model and its data handling for evaluation and prediction."""
+    d = cfg["data"]
+    return ModelCard(model=cfg["model"], model_args=cfg["model_args"], num_classes=data.num_classes,
+                     in_chans=data.channels, classes=list(data.classes), task=data.task, img_size=d["img_size"],
+                     mean=d["mean"], std=d["std"], dataset=data.name, tta=cfg["tta"], epoch=state.best_epoch,
+                     monitor=cfg["monitor"], value=state.best, weights=state.best_weights)
+
+
+def training_device(cfg: dict, distributed_device: Optional[torch.device]) -> torch.device:
+    if cfg["device"]:
+        return torch.device(cfg["device"])
+    return distributed_device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class Trainer:
     def __init__(self, cfg: dict, output: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  callbacks: Sequence[Callable] = (), progress: bool = True):
         self.cfg, self.run, self.callbacks, self.progress = cfg, RunDir(output), list(callbacks), progress
         self.output = self.run.root
         self.rank, self.world, device = dist_utils.init_from_env()
-        self.device = torch.device(cfg["device"]) if cfg["device"] else (
-            device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = training_device(cfg, device)
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
         if not cfg["model"].startswith(TIMM_PREFIX):
@@ -111,17 +147,12 @@ class Trainer:
                                  pretrained=cfg["pretrained"]).to(self.device)
         if self.world > 1:
             self.model = dist_utils.convert_batchnorm(self.model, self.device)
-        self.positive = self._operating_point_class()
+        self.positive = operating_point_class(cfg, self.data)
         prepare_output(self.run, cfg, resume, overwrite, create=not resume)
-        self.optimizer = build_optimizer(self.model, cfg)
         n_train = len(self.data.splits["train"])
         self.steps_per_epoch = max(1, math.ceil(math.ceil(n_train / self.world) / cfg["batch_size"]))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16" and self.device.type == "cuda")
-        self.ema = None
-        if cfg["ema"]:
-            from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(self.model, decay=cfg["ema"], use_warmup=cfg["ema_warmup"])
+        self.optimizer, self.scheduler, self.scaler, self.ema = build_optimisation(self.model, cfg, self.steps_per_epoch,
+                                                                                   self.device)
         self.loss = TrainingLoss.from_config(cfg, self.data, self.device)
         self.state = TrainState()
         self.ddp_model = self.model
@@ -132,57 +163,33 @@ class Trainer:
             self._resume()
         self.choice = CheckpointChoice(cfg["monitor"])
         self.monitor = WarningMonitor(self.state, len(self.data.splits["val"]), self._say if dist_utils.is_main() else None)
-        self.log = MetricsLog(self.run, cfg["tensorboard"]) if dist_utils.is_main() else None
+        self.log = MetricsLog(self.run, cfg["tensorboard"], cfg["epochs"], progress) if dist_utils.is_main() else None
 
     def _say(self, text: str):
-        print(text, flush=True)
-
-    def _operating_point_class(self) -> int:
-        """The class ``sensitivity`` is about, checked against the data now rather than after training."""
-        cfg = self.cfg
-        if cfg["sensitivity"] is not None and self.data.task != "binary-class":
-            raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, "
-                                f"not {self.data.task}")
-        return 1 if cfg["positive_class"] is None else class_index(cfg["positive_class"], self.data.classes)
+        if self.progress or text.startswith("warning:"):
+            print(text, flush=True)
 
     # ---- checkpoints: rank 0 writes, every rank waits ------------------------------------------------------
-    def _save_last(self, name: str = "last"):
-        if dist_utils.is_main():
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "scaler": self.scaler.state_dict(), "rng": rng_state(), "train": vars(self.state),
-                     "world_size": self.world}
-            save_training_checkpoint(self.run, name, self.model, self.ema.module if self.ema else None, state,
-                                     vars(self.state))
-        dist_utils.barrier()
+    def _checkpoint_parts(self) -> dict:
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
 
-    def _save_best(self, model: torch.nn.Module):
+    def _save_last(self):
         if dist_utils.is_main():
-            save_best_checkpoint(self.run, model, self.model_card())
+            save_training_checkpoint(self.run, "last", self.model, self.ema.module if self.ema else None,
+                                     self._checkpoint_parts(), vars(self.state),
+                                     {"rng": rng_state(), "world_size": self.world})
         dist_utils.barrier()
 
     def _resume(self):
-        ckpt = load_training_checkpoint(self.run)
-        state = ckpt.state
+        state = restore_training_checkpoint(self.run, self.model, self.ema.module if self.ema else None,
+                                            self._checkpoint_parts())
         if state["world_size"] != self.world:
             raise MedMambaError(f"checkpoint was written with {state['world_size']} processes, resumed with "
                                 f"{self.world}: an exact resume needs the same number")
-        self.model.load_state_dict({k: v.to(self.device) for k, v in ckpt.weights.items()})
-        if self.ema is not None:
-            self.ema.module.load_state_dict(ckpt.ema)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["train"])
         set_rng_state(state["rng"])
 
     # ---- training ----------------------------------------------------------------------------------------
-    def _loader(self, epoch: int, start: int) -> DataLoader:
-        sampler = EpochSampler(len(self.data.splits["train"]), self.cfg["seed"], epoch, start * self.cfg["batch_size"])
-        gen = torch.Generator().manual_seed(self.cfg["seed"] * 1000 + epoch)
-        return DataLoader(self.data.splits["train"], batch_size=self.cfg["batch_size"], sampler=sampler,
-                          num_workers=self.cfg["data"]["num_workers"], generator=gen, drop_last=False,
-                          persistent_workers=False)
-
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
         loss = self.loss(self.ddp_model, x, y)
         if not torch.isfinite(loss):
@@ -207,12 +214,9 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> float:
         self.ddp_model.train()
-        bar = None
-        if self.progress and dist_utils.is_main():
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.steps_per_epoch, initial=self.state.step_in_epoch, leave=False, dynamic_ncols=True,
-                       desc=f"epoch {epoch + 1}/{self.cfg['epochs']}")
-        for x, y in self._loader(epoch, self.state.step_in_epoch):
+        bar = epoch_bar(self.steps_per_epoch, self.state.step_in_epoch, epoch, self.cfg["epochs"],
+                        self.progress and dist_utils.is_main())
+        for x, y in epoch_loader(self.data.splits["train"], self.cfg, epoch, self.state.step_in_epoch):
             loss = self._step(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), epoch)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{max(self.scheduler.get_last_lr()):.2e}")
@@ -232,42 +236,24 @@ class Trainer:
         """The weights validated at each epoch: the EMA (when on) and the raw ones; the better is kept."""
         return {"ema": self.ema.module, "raw": self.model} if self.ema is not None else {"raw": self.model}
 
-    def validate(self, model: Optional[torch.nn.Module] = None) -> dict:
-        return validation_metrics(model or self.model, self.data.splits["val"], self.data, self.cfg, self.device)
-
     def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> bool:
         """Validate, keep the better weights if they improved, log, save; True when early stopping says stop."""
-        vals = {name: self.validate(model) for name, model in self.candidates().items()}
-        chosen = self.choice.pick(vals)
-        val, state = vals[chosen], self.state
-        value = self.choice.value(val)
+        vals = {name: validation_metrics(model, self.data.splits["val"], self.data, self.cfg, self.device)
+                for name, model in self.candidates().items()}
+        state = self.state
         state.epoch, state.step_in_epoch = epoch + 1, 0
-        improved = self.choice.better(value, state.best)
-        if improved:
-            state.best, state.best_epoch, state.bad_epochs, state.best_weights = value, epoch + 1, 0, chosen
-            state.best_one_class = val["single_class_share"] == 1.0
-        else:
-            state.bad_epochs += 1
-        self.monitor.epoch(epoch + 1, val, train_loss)
-        monitor = self.cfg["monitor"]
+        chosen, improved = self.choice.update(state, epoch + 1, vals)
+        self.monitor.epoch(epoch + 1, vals[chosen], train_loss)
         if self.log is not None:
-            self.log.write({"epoch": epoch + 1, "train_loss": train_loss, "lr": max(self.scheduler.get_last_lr()),
-                            "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"],
-                            "val_f1": val["f1"], "val_sensitivity": val["sensitivity"],
-                            "val_specificity": val["specificity"], "weights": chosen,
-                            **{f"val_{monitor}_{n}": self.choice.value(v) for n, v in vals.items() if len(vals) > 1},
-                            "best_epoch": state.best_epoch, "seconds": seconds})
-        if improved:
-            self._save_best(self.candidates()[chosen])
-        self._save_last()
-        if dist_utils.is_main() and self.progress:
-            self._say(f"epoch {epoch + 1:>3}/{self.cfg['epochs']}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}"
-                      f"  acc {val['accuracy']:.4f}  auc {val['auc']:.4f}" + (f"  ({chosen})" if self.ema else "")
-                      + ("  *best" if improved else ""))
+            self.log.epoch(epoch + 1, train_loss, max(self.scheduler.get_last_lr()), vals[chosen], chosen,
+                           {n: self.choice.value(v) for n, v in vals.items()}, self.cfg["monitor"], state.best_epoch,
+                           seconds)
+        if improved and dist_utils.is_main():
+            save_best_checkpoint(self.run, self.candidates()[chosen], model_card(self.cfg, self.data, state))
+        self._save_last()  # its barrier also waits for the best checkpoint
         patience = self.cfg["early_stopping"]
         if patience and state.bad_epochs >= patience:
-            if dist_utils.is_main() and self.progress:
-                self._say(f"early stopping: no {monitor} improvement in {patience} epochs")
+            self._say(f"early stopping: no {self.cfg['monitor']} improvement in {patience} epochs")
             return True
         return False
 
@@ -281,13 +267,7 @@ class Trainer:
         return {"best": self.state.best, "best_epoch": self.state.best_epoch, "epochs": self.state.epoch}
 
     def model_card(self) -> ModelCard:
-        """Enough to rebuild the model and its data handling for evaluation and prediction."""
-        d = self.cfg["data"]
-        return ModelCard(model=self.cfg["model"], model_args=self.cfg["model_args"], num_classes=self.data.num_classes,
-                         in_chans=self.data.channels, classes=list(self.data.classes), task=self.data.task,
-                         img_size=d["img_size"], mean=d["mean"], std=d["std"], dataset=self.data.name,
-                         tta=self.cfg["tta"], epoch=self.state.best_epoch, monitor=self.cfg["monitor"],
-                         value=self.state.best, weights=self.state.best_weights)
+        return model_card(self.cfg, self.data, self.state)
 
     def best_model(self) -> torch.nn.Module:
         """A copy of the model holding the best checkpoint's weights (training state left untouched)."""
@@ -296,25 +276,23 @@ class Trainer:
             model.load_state_dict(read_state_dict(self.run.weights("best")))
         return model
 
-    def calibrate(self, model: torch.nn.Module) -> ModelCard:
-        """Fit the temperature and, with ``sensitivity``, the binary threshold on the validation split; write
-        them into the best checkpoint's model card. Only validation images are seen here."""
-        card = calibrate_card(model, self.data.splits["val"], self.model_card(), self.cfg, self.data.multi_label,
-                              self.positive, self.device)
-        if dist_utils.is_main() and self.run.weights("best").is_file():
-            write_card(card, self.run.card("best"))
-        return card
-
     def test(self, split: str = "test") -> Evaluation:
-        """Calibrate the best checkpoint on validation, then (and only then) evaluate it on ``split``; the
-        report goes to output/eval_<split>."""
-        model = self.best_model()
-        card = self.calibrate(model)
-        loaded = LoadedRun(model, self.cfg, card, self.run.weights("best"), copy.copy(self.data))
-        loaded.data.splits = dict(self.data.splits)
-        return evaluate(loaded, split, output=self.run.eval_dir(split), overwrite=True, n_resamples=self.cfg["bootstrap"],
-                        seed=self.cfg["seed"], warnings=self.state.warnings, write=dist_utils.is_main(),
-                        device=self.device)
+        return calibrate_and_test(self, split)
+
+
+def calibrate_and_test(trainer: Trainer, split: str = "test") -> Evaluation:
+    """Fit the temperature (and, with ``sensitivity``, the threshold) on the validation split into the best
+    checkpoint's card; then, and only then, evaluate it on ``split`` into RUN/eval_<split>."""
+    model, cfg, run, data = trainer.best_model(), trainer.cfg, trainer.run, trainer.data
+    card = calibrate_card(model, data.splits["val"], trainer.model_card(), cfg, data.multi_label, trainer.positive,
+                          trainer.device)
+    if dist_utils.is_main() and run.weights("best").is_file():
+        write_card(card, run.card("best"))
+    data = copy.copy(data)
+    data.splits = dict(data.splits)  # the test split joins a copy: the trainer never holds it
+    return evaluate(LoadedRun(model, cfg, card, run.weights("best"), data), split, output=run.eval_dir(split),
+                    overwrite=True, n_resamples=cfg["bootstrap"], seed=cfg["seed"], warnings=trainer.state.warnings,
+                    write=dist_utils.is_main(), device=trainer.device)
 
 
 def train(cfg: dict | str | None = None, output: str | os.PathLike = "runs/medmamba", overrides=(), resume=False,
