@@ -188,6 +188,8 @@ def _export(args) -> int:
         raise MedMambaError("--fused-scan applies to --format onnx only")
     predictor = _predictor(args)
     card = predictor.card
+    if args.format == "hub":
+        return _export_hub(args, predictor)
     if args.format == "safetensors":
         weights, config_path = save_pretrained(predictor.model, card, args.output, overwrite=args.overwrite)
         print(f"wrote {weights} and {config_path}; load with "
@@ -212,6 +214,26 @@ def _export(args) -> int:
     if args.fused_scan:
         print("its scans are fused nodes: open it with medmamba.deploy.export.onnx_session(path) where medmamba and "
               "onnxruntime-extensions are installed (other ONNX runtimes cannot run it)")
+    return 0
+
+
+def _export_hub(args, predictor) -> int:
+    """A folder to share: weights, model card, timm's config.json and a README with the run's test results."""
+    from .artifacts.files import refuse_existing
+    from .errors import MedMambaError
+    from .evaluation.evaluate import run_report
+    from .evaluation.reports import summary_text
+    if not hasattr(predictor.model, "save_pretrained"):
+        raise MedMambaError(f"--format hub: {predictor.card.model} is a timm model; share it with timm's own "
+                            f"timm.models.push_to_hf_hub, or export it as safetensors")
+    out = Path(args.output)
+    refuse_existing(out, overwrite=args.overwrite)
+    report = run_report(args.checkpoint)
+    results = f"{report['title']}\n\n{summary_text(report)}" if report else None
+    predictor.model.save_pretrained(out, model_card_kwargs={"results": results})
+    print(f"wrote {out}: model.safetensors, model.json, config.json, README.md"
+          + ("" if report else " (no test report beside this checkpoint: the README has no results)"))
+    print(f"load with MedMamba.from_pretrained({str(out)!r}); share with model.push_to_hub(\"org/name\")")
     return 0
 
 
@@ -334,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="ONNX (checked with onnxruntime) or safetensors weights + JSON config")
     add_model_options(ex, "model.onnx, or weights.safetensors / a folder")
-    ex.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    ex.add_argument("--format", choices=["onnx", "safetensors", "hub"], default="onnx",
+                    help="onnx; safetensors (weights + model card); hub (a folder for MedMamba.from_pretrained, "
+                         "push_to_hub and timm's hf-hub: weights, card, config.json, README with test results)")
     ex.add_argument("--img-size", type=int, help="ONNX input size (default: the training size)")
     ex.add_argument("--opset", type=int, default=18)
     ex.add_argument("--check-images", nargs="*", help="real images also compared between onnxruntime and PyTorch")

@@ -10,7 +10,7 @@ from ..artifacts.card import read_card
 from ..artifacts.checkpoint import CheckpointError, load_checkpoint, resolve_weights
 
 # timm passes its own bookkeeping to every entry point; none of it applies to weights read from a path.
-_TIMM_KEYS = ("pretrained_strict", "cache_dir")
+_TIMM_KEYS = ("pretrained_strict", "cache_dir", "pretrained_model_args")
 
 
 def resolve_pretrained_cfg(default: dict, given=None, overlay: Optional[dict] = None) -> dict:

@@ -18,6 +18,7 @@ from ..ops.cross_scan import NUM_DIRECTIONS
 from ..ops.scan_reference import compute_dtype
 from ..ops.selective_scan import cross_selective_scan
 from ._builder import build_model_with_cfg
+from ._hub import HubMixin
 from ._registry import register_model
 from .layers import DropPath, concat_shuffle
 
@@ -212,7 +213,7 @@ class VSSLayer(nn.Module):
         return x
 
 
-class MedMamba(nn.Module):
+class MedMamba(nn.Module, HubMixin):
     """MedMamba classifier. Argument names follow the official ``VSSM``.
 
     Args:
@@ -429,7 +430,7 @@ def _cfg(**kwargs) -> dict:
             **kwargs}
 
 
-PRETRAINED_CFGS = {name: _cfg() for name in VARIANTS}
+PRETRAINED_CFGS = {name: _cfg(architecture=name) for name in VARIANTS}
 
 
 def __getattr__(name: str):
