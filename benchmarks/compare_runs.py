@@ -48,8 +48,8 @@ def view_probabilities(run: str, overrides) -> tuple[object, dict[str, tuple[np.
     """(data, {split: (labels, {view: class probabilities})}) of a run's best checkpoint on val and test."""
     from medmamba.evaluation.prediction import class_probabilities
     from medmamba.evaluation.runs import load_run
-    model, data, cfg, _ = load_run(run, ("val", "test"), overrides=overrides)
-    model.eval()
+    loaded = load_run(run, ("val", "test"), overrides=overrides)
+    model, data, cfg = loaded.model.eval(), loaded.data, loaded.cfg
     batch = cfg["eval_batch_size"]
     out = {}
     for split, dataset in data.splits.items():
@@ -136,11 +136,12 @@ def plot_missed(images, y, p_true, notes, class_names, path, n_runs):
 
 
 def agreement(runs, overrides, plot=None):
-    from medmamba.evaluation.runs import run_predictions
+    from medmamba.evaluation.runs import run_outputs
     probs, y, data = [], None, None
     for run in runs:
-        y, p, data, *_ = run_predictions(run, "test", overrides=overrides, device="cpu")
-        probs.append(p)
+        out = run_outputs(run, "test", overrides=overrides, device="cpu")
+        y, data = out.labels, out.data
+        probs.append(out.probs)
     y, probs = np.asarray(y).ravel(), np.array(probs)
     right = probs.argmax(-1) == y
     print("test ACC of each run:", " ".join(f"{a:.3f}" for a in right.mean(1)))

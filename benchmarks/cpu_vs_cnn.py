@@ -24,12 +24,13 @@ of them alike, and each figure is the median over the rounds. Then:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from timing import interleaved_medians
 
 ROWS = {"infer224": ("224 px inference, batch 8", 224, 8, False),
         "train64": ("64 px training step, batch 32", 64, 32, True),
@@ -72,29 +73,13 @@ def step_fn(name: str, size: int, batch: int, train: bool):
     return run
 
 
-def medians(fns: dict, rounds: int, warmup: int = 1) -> dict:
-    """Median seconds of each function over ``rounds`` rounds, each round calling every function once in
-    turn, so that a slow spell of a shared machine falls on all of them; ``warmup`` untimed calls first
-    (JIT load, allocator, first-call dispatch)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(t) for k, t in times.items()}
-
-
 def race(rows, rounds: int) -> dict:
     """images/s per (row, model), medians of ``rounds`` interleaved rounds."""
     results = {}
     for key in rows:
         label, size, batch, train = ROWS[key]
         fns = {name: step_fn(name, size, batch, train) for name in MODELS}
-        results[key] = {name: batch / t for name, t in medians(fns, rounds, warmup=2).items()}
+        results[key] = {name: batch / t for name, t in interleaved_medians(fns, rounds, warmup=2).items()}
     return results
 
 
@@ -112,7 +97,7 @@ def onnx_row(size: int, batch: int, rounds: int) -> dict:
             fns[form] = lambda session=session: session.run(["logits"], feeds)
             diffs[form] = check.max_abs_diff
         with torch.inference_mode():
-            seconds = medians(fns, rounds)
+            seconds = interleaved_medians(fns, rounds)
     return {"max_abs_diff": diffs, **{k: batch / t for k, t in seconds.items()}}
 
 
@@ -162,7 +147,7 @@ def scan_row(batch=8, dim=96, side=56, n_state=16, rounds: int = 3) -> dict:
     def run():
         y = cross_selective_scan_cpu(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
         y.backward(dy)
-    seconds = medians({"scan": run}, rounds)["scan"]
+    seconds = interleaved_medians({"scan": run}, rounds)["scan"]
     elements = batch * k * dim * side * side * n_state
     rate = fma_rate()
     floor = elements * (FORWARD_OPS + BACKWARD_OPS) / rate

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,16 +26,7 @@ from medmamba.artifacts.checkpoint import save_pretrained
 from medmamba.data import MedMNIST
 from medmamba.deploy.export import export_onnx, onnx_session
 from medmamba.deploy.inference import Predictor
-
-
-def timed(fn, repeats=3):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main():
@@ -76,7 +66,7 @@ def main():
         x = torch.stack([predictor.transform(torch.from_numpy(np.asarray(data.images[i]))[None])
                          for i in range(args.batch_size)])
         with torch.no_grad():
-            t_torch = timed(lambda: model(x))
+            t_torch = median_seconds(lambda: model(x), 3)
             expected = model(x).numpy()
         print(f"   PyTorch, cpu scan backend      {args.batch_size / t_torch:8.1f} images/s")
         for form, fused in (("chunked scan", False), ("fused scan nodes", True)):
@@ -84,7 +74,7 @@ def main():
             path, check = export_onnx(model, tmp / f"{form[:5]}.onnx", args.img_size, fused_scan=fused)
             session = onnx_session(path, threads=torch.get_num_threads())
             got = session.run(["logits"], {"image": x.numpy()})[0]
-            t_ort = timed(lambda: session.run(["logits"], {"image": x.numpy()}))
+            t_ort = median_seconds(lambda: session.run(["logits"], {"image": x.numpy()}), 3)
             print(f"   onnxruntime, {form:<17} {args.batch_size / t_ort:8.1f} images/s  (x{t_torch / t_ort:.2f} of "
                   f"PyTorch); export + check {time.perf_counter() - t0:.0f} s, {path.stat().st_size / 1e6:.1f} MB, "
                   f"max |onnxruntime - PyTorch| {check.max_abs_diff:.2e} (random), "

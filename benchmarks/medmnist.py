@@ -29,9 +29,8 @@ TARGETS = {"breastmnist": (0.87, 0.91), "pneumoniamnist": (0.90, 0.97)}
 
 def run_recipe(name: str, seed: int, out: Path, args, extra=()) -> dict:
     """Train one seed of a recipe, evaluate its best checkpoint on the test split (with and without TTA)."""
+    from medmamba import evaluate
     from medmamba.config import load_config
-    from medmamba.data.builder import build_data
-    from medmamba.evaluation.prediction import evaluate
     from medmamba.training.trainer import train
     recipe = REPO / RECIPES[name]
     cfg = load_config(recipe, [f"data.root={args.data_root}", *extra, *args.set, f"seed={seed}"])
@@ -45,9 +44,7 @@ def run_recipe(name: str, seed: int, out: Path, args, extra=()) -> dict:
                recipe=str(recipe.relative_to(REPO)), overrides=list(extra) + args.set, seed=seed, tta=cfg["tta"],
                output=str(out))
     if cfg["tta"]:  # the same best checkpoint without test-time augmentation, for comparison
-        test = build_data(cfg, splits=("test",)).splits["test"]
-        plain, _, _ = evaluate(trainer.best_model(), test, trainer.data.task,
-                               trainer.data.classes, cfg["eval_batch_size"], trainer.device, cfg["amp"])
+        plain = evaluate(out, "test", overrides=[f"data.root={args.data_root}", "tta=false"], write=False).metrics
         row.update(acc_no_tta=plain["medmnist"]["acc"], auc_no_tta=plain["medmnist"]["auc"])
     (out / "benchmark.json").write_text(json.dumps(row, indent=1))
     return row
@@ -63,8 +60,8 @@ def main():
                         help="train the recipe once per seed; with several, also report the ensemble (probabilities "
                              "averaged) and the total wall time")
     args = parser.parse_args()
+    from medmamba import evaluate
     from medmamba.evaluation.reports import PUBLISHED
-    from medmamba.evaluation.runs import evaluate_runs
     rows, pretrained = [], {}
     for name in [args.only] if args.only else DATASETS:
         extra, pre_wall = [], 0.0
@@ -84,7 +81,7 @@ def main():
             single.append(row)
             rows.append(dict(row, wall_s=row["wall_s"] + pre_wall, pretraining_s=pre_wall))
         if len(single) > 1:
-            metrics, *_ = evaluate_runs([r["output"] for r in single], "test")
+            metrics = evaluate([r["output"] for r in single], "test", write=False).metrics
             train_s = sum(r["wall_s"] for r in single)
             rows.append(dict(dataset=name, model=f"ensemble of the {len(single)} seeds", acc=metrics["medmnist"]["acc"],
                              auc=metrics["medmnist"]["auc"], wall_s=train_s + pre_wall, pretraining_s=pre_wall,

@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 import medmamba
+from timing import median_seconds
 
 
 def infer(backend: str, batch: int, size: int, repeats: int) -> float:
     model = medmamba.create_model("medmamba_t", num_classes=2, scan_backend=backend).eval()
     x = torch.randn(batch, 3, size, size)
-    times = []
     with torch.no_grad():
         model(x[:1])  # warm-up (JIT load) not timed
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+        return batch / median_seconds(lambda: model(x), repeats, warmup=0)
 
 
 def train(backend: str, batch: int, size: int, repeats: int) -> float:
@@ -34,16 +28,13 @@ def train(backend: str, batch: int, size: int, repeats: int) -> float:
     model = medmamba.create_model("medmamba_t", num_classes=2, scan_backend=backend).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 2, (batch,))
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
+    def step():
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i:  # the first step pays warm-up and optimizer-state allocation
-            times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    # the first step pays warm-up and optimizer-state allocation
+    return batch / median_seconds(step, repeats, warmup=1)
 
 
 def main():

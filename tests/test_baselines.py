@@ -135,8 +135,8 @@ def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys)
 def test_benchmark_times_pool_only_within_one_host():
     """A benchmark spread over sessions lands on different machines: their training times get one figure
     per host, never one mean across them (which would read as a single machine's)."""
+    import argparse
     import importlib.util
-    from types import SimpleNamespace
     spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -151,7 +151,7 @@ def test_benchmark_times_pool_only_within_one_host():
                 "accuracy": 0.5, "auc": 0.5, "balanced_accuracy": 0.5, "ece": 0.1}
     rows = [record("m", 0, "fast", 100.0), record("m", 1, "slow", 300.0), record("m", 2, "slow", 340.0),
             record("r", 0, "fast", 50.0), record("r", 1, "fast", 70.0)]
-    args = SimpleNamespace(datasets=["d"], models=["m", "r"], reference="r", bootstrap=50)
+    args = argparse.Namespace(datasets=["d"], models=["m", "r"], reference="r", bootstrap=50)
     mixed, single = bench.summarise(rows, args)
     assert mixed["train_s_by_host"] == {"fast": [100.0], "slow": [300.0, 340.0]}
     assert np.isnan(mixed["train_s_mean"]) and np.isnan(mixed["seconds_mean"])

@@ -29,6 +29,20 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
     report = json.loads((out / "eval_test" / "report.json").read_text())
     assert report["metrics"]["n"] == 40 and report["metrics"]["accuracy"] == result["test"]["accuracy"]
     assert (out / "eval_test" / "roc.png").stat().st_size > 1000
+    # every file of the run where RunDir says it is
+    from medmamba.artifacts.run_dir import PREDICTIONS, RunDir
+    run = RunDir(out)
+    assert run.is_run() and run.weights("best").is_file() and run.card("best").is_file()
+    assert run.state("last").is_file() and run.weights("last").is_file() and run.metrics_csv.is_file()
+    assert run.ema_weights("last").is_file() == bool(tiny_cfg()["ema"]) and run.report("test").is_file()
+    assert RunDir.of_weights(run.weights("best")) == RunDir(out.resolve()) and RunDir.of_weights(tmp_path) is None
+    import csv
+    rows = list(csv.DictReader(open(run.eval_dir("test") / PREDICTIONS)))
+    assert len(rows) == 40 and list(rows[0]) == ["image", "label", "prob_malignant", "prob_normal, benign",
+                                                 "predicted", "correct"]
+    assert rows[0]["image"] == "breastmnist.npz:test[0]" and {r["label"] for r in rows} <= {"malignant", "normal, benign"}
+    right = sum(r["correct"] == "True" for r in rows)
+    assert right / 40 == pytest.approx(report["metrics"]["accuracy"])
     before = (out / "metrics.jsonl").read_text()
     with pytest.raises(MedMambaError, match="exists and is not empty; pass --overwrite"):
         train(tiny_cfg(), out, progress=False)

@@ -119,7 +119,7 @@ def _evaluate(args) -> int:
 def _compare(args) -> int:
     import numpy as np
 
-    from .artifacts.files import refuse_existing
+    from .files import refuse_existing
     from .errors import MedMambaError
     from .evaluation.reports import compare_outputs, comparison_text
     from .evaluation.runs import run_outputs
@@ -150,7 +150,7 @@ def _predictor(args):
 def _predict(args) -> int:
     import torch
 
-    from .artifacts.files import refuse_existing
+    from .files import refuse_existing
     from .ops import resolve_backend
     out = Path(args.output)
     refuse_existing(out, overwrite=args.overwrite)
@@ -219,7 +219,7 @@ def _export(args) -> int:
 
 def _export_hub(args, predictor) -> int:
     """A folder to share: weights, model card, timm's config.json and a README with the run's test results."""
-    from .artifacts.files import refuse_existing
+    from .files import refuse_existing
     from .errors import MedMambaError
     from .evaluation.evaluate import run_report
     from .evaluation.reports import summary_text
@@ -231,7 +231,7 @@ def _export_hub(args, predictor) -> int:
     report = run_report(args.checkpoint)
     results = f"{report['title']}\n\n{summary_text(report)}" if report else None
     predictor.model.save_pretrained(out, model_card_kwargs={"results": results})
-    print(f"wrote {out}: model.safetensors, model.json, config.json, README.md"
+    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}"
           + ("" if report else " (no test report beside this checkpoint: the README has no results)"))
     print(f"load with MedMamba.from_pretrained({str(out)!r}); share with model.push_to_hub(\"org/name\")")
     return 0

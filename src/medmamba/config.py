@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from .data.transforms import PREPROCESSING, AugmentConfig
 from .errors import ConfigError
 
 
@@ -123,10 +124,10 @@ SCHEMA: dict[str, Any] = {
         "root": text(None, "MedMNIST data root (default: $MEDMAMBA_DATA)"),
         "size": choice(28, "MedMNIST release: 28, 64, 128 or 224 px", (28, 64, 128, 224)),
         "download": boolean(False, "fetch a missing MedMNIST file (MD5-checked)"),
-        "img_size": integer(64, "model input size in pixels (images are resized to it)", lo=4),
+        "img_size": integer(PREPROCESSING.img_size, "model input size in pixels (images are resized to it)", lo=4),
         "channels": choice(None, "model input channels; null: the dataset's own", (1, 3), optional=True),
-        "mean": number(0.5, "normalisation: (x - mean) / std, x in [0, 1], the same for every channel"),
-        "std": number(0.5, "normalisation std", 0, lo_open=True),
+        "mean": number(PREPROCESSING.mean, "normalisation: (x - mean) / std, x in [0, 1], the same for every channel"),
+        "std": number(PREPROCESSING.std, "normalisation std", 0, lo_open=True),
         "num_workers": integer(0, "data-loading processes", lo=0),
         "split_seed": integer(0, "seed of the automatic train/val/test split and of the folds", lo=0),
         "fractions": Key([0.7, 0.1, 0.2], "train/val/test fractions of an automatic split (a folder of classes, or a "
@@ -139,14 +140,15 @@ SCHEMA: dict[str, Any] = {
         "max_samples": integer(None, "first N samples of each split: quick checks only", optional=True),
     },
     "augment": {
-        "hflip": number(0.5, "probability of a horizontal flip", 0, 1),
-        "vflip": number(0.0, "probability of a vertical flip", 0, 1),
-        "rotation": number(0.0, "degrees, uniform in [-rotation, rotation]", 0, 180),
-        "scale_min": number(1.0, "RandomResizedCrop's smallest area fraction; 1.0: plain resize", 0, 1, lo_open=True),
-        "translate": number(0.0, "fraction of the size, RandomAffine", 0, 1),
-        "brightness": number(0.0, "ColorJitter brightness", 0),
-        "contrast": number(0.0, "ColorJitter contrast", 0),
-        "erasing": number(0.0, "RandomErasing probability", 0, 1),
+        "hflip": number(AugmentConfig.hflip, "probability of a horizontal flip", 0, 1),
+        "vflip": number(AugmentConfig.vflip, "probability of a vertical flip", 0, 1),
+        "rotation": number(AugmentConfig.rotation, "degrees, uniform in [-rotation, rotation]", 0, 180),
+        "scale_min": number(AugmentConfig.scale_min, "RandomResizedCrop's smallest area fraction; 1.0: plain resize",
+                            0, 1, lo_open=True),
+        "translate": number(AugmentConfig.translate, "fraction of the size, RandomAffine", 0, 1),
+        "brightness": number(AugmentConfig.brightness, "ColorJitter brightness", 0),
+        "contrast": number(AugmentConfig.contrast, "ColorJitter contrast", 0),
+        "erasing": number(AugmentConfig.erasing, "RandomErasing probability", 0, 1),
     },
     "epochs": integer(30, "training epochs"),
     "batch_size": integer(32, "training batch size (all processes together under torchrun)"),
@@ -178,7 +180,8 @@ SCHEMA: dict[str, Any] = {
     "ema_warmup": boolean(True, "warm the EMA decay up from 0 (timm's ModelEmaV3), so that early averages are not "
                                 "mostly the random initialisation"),
     "early_stopping": integer(None, "patience in epochs", optional=True),
-    "tta": boolean(False, "validation/test/evaluate/predict: average each image with its horizontal mirror"),
+    "tta": boolean(PREPROCESSING.tta,
+                   "validation/test/evaluate/predict: average each image with its horizontal mirror"),
     "monitor": choice("auc", "validation metric choosing the best checkpoint",
                       ("auc", "accuracy", "f1", "loss", "precision", "sensitivity", "specificity")),
     "calibrate": boolean(True, "fit a temperature on the validation split after training; evaluate, predict and "

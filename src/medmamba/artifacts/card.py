@@ -1,8 +1,8 @@
 """The model card: what a set of trained weights is and how to feed it, saved as JSON beside the weights.
 
 Training writes it (``checkpoints/best/model.json``) through ``write_card``; the model builder, ``Predictor``,
-evaluation and export read it. Preprocessing fields default to the training configuration's defaults
-(``config.SCHEMA``), so a card and a config that leave a key out mean the same thing.
+evaluation and export read it. Its preprocessing fields default to ``data.transforms.PREPROCESSING``, as the
+training configuration's keys do, so a card and a config that leave a key out mean the same thing.
 """
 from __future__ import annotations
 
@@ -13,18 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import default
+from ..data.tasks import is_multi_label
+from ..data.transforms import PREPROCESSING
 from ..errors import CheckpointError, MedMambaError
-from .files import atomic_write_text
+from ..files import atomic_write_text
 from .run_dir import CARD
-
-MULTI_LABEL = "multi-label"
-
-
-def is_multi_label(task: str) -> bool:
-    """MedMNIST's task names: "multi-label, binary-class" is multi-label; every other task is one class per image."""
-    return str(task).startswith(MULTI_LABEL)
-
 
 def class_index(value, classes) -> int:
     """A class given by name or by index -> its index among ``classes``."""
@@ -44,10 +37,10 @@ class ModelCard:
     in_chans: Optional[int] = None
     classes: Optional[list] = None              # class names, in the order of the model's outputs
     task: str = "multi-class"
-    img_size: int = field(default_factory=lambda: default("data.img_size"))  # the size the weights were trained at
-    mean: float = field(default_factory=lambda: default("data.mean"))
-    std: float = field(default_factory=lambda: default("data.std"))
-    tta: bool = field(default_factory=lambda: default("tta"))  # average each image with its mirror, as validated
+    img_size: int = PREPROCESSING.img_size      # the input size the weights were trained at
+    mean: float = PREPROCESSING.mean
+    std: float = PREPROCESSING.std
+    tta: bool = PREPROCESSING.tta               # average each image with its mirror, as it was validated
     dataset: Optional[str] = None
     epoch: Optional[int] = None                 # the checkpoint's epoch and its validation score
     monitor: Optional[str] = None

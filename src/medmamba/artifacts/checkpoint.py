@@ -14,8 +14,8 @@ from torch import nn
 
 from ..errors import CheckpointError, MedMambaError
 from .card import ModelCard, write_card
-from .files import atomic_path, refuse_existing
-from .run_dir import CARD, EMA_WEIGHTS, META, STATE, WEIGHTS, RunDir
+from ..files import atomic_path, refuse_existing
+from .run_dir import CARD, CHECKPOINTS, EMA_WEIGHTS, META, STATE, WEIGHTS, RunDir
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "resolve_weights",
            "restore_training_checkpoint", "save_best_checkpoint", "save_pretrained",
@@ -136,7 +136,7 @@ def resolve_weights(path: str | os.PathLike) -> Path:
         if candidate.is_file():
             return candidate
     if path.is_dir():
-        raise CheckpointError(f"{path}: holds no {WEIGHTS} (nor checkpoints/best/{WEIGHTS} of a training run)")
+        raise CheckpointError(f"{path}: holds no {WEIGHTS} (nor {CHECKPOINTS}/best/{WEIGHTS} of a training run)")
     raise CheckpointError(f"checkpoint not found: {path}")
 
 

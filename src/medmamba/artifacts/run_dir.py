@@ -111,6 +111,3 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config.is_file()
-
-    def is_empty(self) -> bool:
-        return not self.root.exists() or not any(self.root.iterdir())

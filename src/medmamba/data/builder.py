@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from ..artifacts.card import is_multi_label
+from .tasks import is_multi_label
 from ..errors import DataError
 from .folders import ImageListDataset, csv_manifest_splits, image_folder_splits
 from .medmnist import MedMNIST, medmnist_info

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..artifacts.files import atomic_write_text
+from ..files import atomic_write_text
 from .dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from .splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_indices
 from .transforms import match_channels

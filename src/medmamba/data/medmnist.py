@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..artifacts.card import is_multi_label
+from .tasks import is_multi_label
 from ..errors import DataError
 
 DATA_ENV = "MEDMAMBA_DATA"

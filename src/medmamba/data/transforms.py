@@ -7,6 +7,20 @@ import torch
 from torchvision.transforms import v2
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become model inputs: resized to ``img_size``, scaled to [0, 1], (x - mean) / std; with ``tta``
+    each image's prediction is averaged with its mirror's."""
+    img_size: int = 64
+    mean: float = 0.5
+    std: float = 0.5
+    tta: bool = False
+
+
+# The one source of these defaults: the training configuration's keys and the model card take them from here.
+PREPROCESSING = Preprocessing()
+
+
 @dataclass
 class AugmentConfig:
     hflip: float = 0.5
@@ -43,7 +57,7 @@ class MatchChannels(torch.nn.Module):
 
 
 def build_transform(img_size: int, channels: int, train: bool, aug: AugmentConfig | None = None,
-                    mean: float = 0.5, std: float = 0.5) -> v2.Compose:
+                    mean: float = PREPROCESSING.mean, std: float = PREPROCESSING.std) -> v2.Compose:
     """uint8 or [0, 1] float (C, H, W) tensors -> normalised float (channels, img_size, img_size)."""
     steps = [v2.ToDtype(torch.float32, scale=True), MatchChannels(channels)]
     aug = aug or AugmentConfig()

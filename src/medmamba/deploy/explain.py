@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..artifacts.card import class_index
 from ..errors import MedMambaError
-from ..artifacts.files import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from ..evaluation.prediction import class_probabilities
 
 METHODS = ("hirescam", "gradcam")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import MedMambaError
-from ..artifacts.files import atomic_path
+from ..files import atomic_path
 from ..models import MedMamba
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..artifacts.card import ModelCard, read_card
 from ..artifacts.checkpoint import resolve_weights
+from ..artifacts.run_dir import CARD
 from ..data.folders import IMAGE_SUFFIXES, read_image
 from ..data.transforms import build_transform
 from ..errors import CheckpointError, DataError
-from ..artifacts.files import atomic_write_text
+from ..files import atomic_write_text
 from ..models import create_model
 from ..evaluation.prediction import model_probabilities, predicted_names
 
@@ -35,7 +36,7 @@ def load_model(path: str | os.PathLike, scan_backend: str = "auto", device=None)
     weights = resolve_weights(path)
     card = read_card(weights)
     if card is None:
-        raise CheckpointError(f"{weights}: no model.json (or {weights.stem}.json) beside it to say which model it "
+        raise CheckpointError(f"{weights}: no {CARD} (or {weights.stem}.json) beside it to say which model it "
                               f"holds; build it with create_model(name, pretrained=..., num_classes=...) instead")
     model = create_model(card.model, pretrained=weights, scan_backend=scan_backend)
     return model.to(device or "cpu").eval()

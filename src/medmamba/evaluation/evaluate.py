@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..artifacts.card import class_index
-from ..artifacts.files import atomic_path, refuse_existing
+from ..files import atomic_path, refuse_existing
 from ..artifacts.run_dir import PREDICTIONS, RunDir
 from ..errors import MedMambaError
 from .runs import CHECKPOINT_NAMES, LoadedRun, RunOutputs, run_outputs
@@ -57,8 +57,7 @@ def _check_request(runs, split, checkpoint, output, sensitivity, write):
     return Path(output) if write else None
 
 
-def operating_point(outputs: RunOutputs, runs, checkpoint: str = "best", overrides=(),
-                    sensitivity: Optional[float] = None, positive_class=None, device=None):
+def operating_point(outputs: RunOutputs, sensitivity: Optional[float] = None, positive_class=None, device=None):
     """(threshold, positive class) of a binary report: chosen now on the validation split when ``sensitivity``
     is given; else a single run's own from its model card; else none, on ``positive_class`` (default: the
     card's, else the second class)."""
@@ -75,7 +74,7 @@ def operating_point(outputs: RunOutputs, runs, checkpoint: str = "best", overrid
     if not binary:
         raise MedMambaError(f"--sensitivity needs a binary task, not {data.task}")
     positive = 1 if positive_class is None else class_index(positive_class, data.classes)
-    val = run_outputs(outputs.used, "val", checkpoint, overrides, device)
+    val = run_outputs(outputs.used, "val", device=device)  # the same loaded runs: their own data handling
     return threshold_for_sensitivity(val.labels, val.probs, sensitivity, positive), positive
 
 
@@ -114,7 +113,7 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
     if out is not None:
         refuse_existing(out, overwrite=overwrite, alternative="--output for another folder")
     outputs = run_outputs(runs, split, checkpoint, overrides, device, progress)
-    threshold, positive = operating_point(outputs, runs, checkpoint, overrides, sensitivity, positive_class, device)
+    threshold, positive = operating_point(outputs, sensitivity, positive_class, device)
     data, used = outputs.data, outputs.used
     temperatures = [run.card.temperature if run.card is not None else None for run in used]
     warnings = list(warnings)

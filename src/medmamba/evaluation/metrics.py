@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
-from ..artifacts.card import is_multi_label
+from ..data.tasks import is_multi_label
 
 # the figures a binary report gives for its positive class (a multi-class report: their macro averages)
 POSITIVE_CLASS_FIGURES = ("precision", "sensitivity", "specificity", "f1")

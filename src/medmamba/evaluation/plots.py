@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..artifacts.card import is_multi_label
+from ..data.tasks import is_multi_label
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=""):

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..artifacts.files import atomic_write_text
+from ..files import atomic_write_text
 from ..artifacts.run_dir import (COMPARE_JSON, COMPARE_MD, CONFUSION_PNG, RELIABILITY_PNG, REPORT_JSON, REPORT_MD,
                                  ROC_PNG)
 
@@ -49,7 +49,7 @@ def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature
     ``threshold`` on the probability of class ``positive`` (also the class whose sensitivity, specificity,
     precision and F1 a binary report gives), and warnings."""
     from .calibration import calibration_metrics, operating_point, reliability
-    from ..artifacts.card import is_multi_label
+    from ..data.tasks import is_multi_label
     from .metrics import classification_metrics
     from .stats import bootstrap_intervals
     multi_label = is_multi_label(task)

@@ -58,7 +58,7 @@ def load_run(run: str | os.PathLike, splits=("test",), checkpoint: str = "best",
     from ..data.builder import build_data
     run = RunDir(run)
     if not run.is_run():
-        raise MedMambaError(f"{run.root}: not a training output folder (no config.yaml)")
+        raise MedMambaError(f"{run.root}: not a training output folder (no {run.config.name})")
     weights = run.weights(checkpoint) if checkpoint in CHECKPOINT_NAMES else Path(checkpoint)
     card = read_card(weights) if weights.is_file() else None
     # Overrides (data.root=..., tta=true) still have the last word.

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..artifacts.card import is_multi_label
+from ..data.tasks import is_multi_label
 from .metrics import headline
 
 INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1")

@@ -22,7 +22,7 @@ from typing import Optional
 from huggingface_hub import PyTorchModelHubMixin
 
 from ..artifacts.card import read_card
-from ..artifacts.files import atomic_write_text
+from ..files import atomic_write_text
 from ..artifacts.run_dir import CARD, WEIGHTS
 
 HUB_CONFIG = "config.json"

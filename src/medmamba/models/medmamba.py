@@ -312,9 +312,6 @@ class MedMamba(nn.Module, HubMixin):
         if num_classes > 0:
             self._init_weights(self.head)
 
-    def check_input(self, x: torch.Tensor) -> torch.Tensor:
-        return checked_images(x, self.in_chans, self.patch_size)
-
     def forward_stages(self, x, out_indices: Sequence[int] = ()):
         """Run the backbone; returns the final NHWC map and the NCHW maps of the stages in out_indices.
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from ..artifacts.files import atomic_write_text, refuse_existing
+from ..files import atomic_write_text, refuse_existing
 from ..artifacts.run_dir import CV_JSON, CV_MD, RunDir
 from ..errors import MedMambaError
 

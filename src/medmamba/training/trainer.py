@@ -21,7 +21,7 @@ from .. import distributed as dist_utils
 from ..artifacts.card import ModelCard, class_index, write_card
 from ..artifacts.checkpoint import (read_state_dict, restore_training_checkpoint, save_best_checkpoint,
                                     save_training_checkpoint)
-from ..artifacts.files import refuse_existing
+from ..files import refuse_existing
 from ..artifacts.run_dir import RunDir
 from ..config import dump_config, load_config
 from ..data.builder import build_data

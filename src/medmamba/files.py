@@ -5,7 +5,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import MedMambaError
+from .errors import MedMambaError
 
 
 @contextmanager
