@@ -55,7 +55,7 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     of the kept checkpoint and the test probabilities. The record (a few tens of kB) is all the table needs, so
     the results folder can be kept (committed) while the run folders with their checkpoints are thrown away."""
     from medmamba.config import load_config
-    from medmamba.artifacts.files import atomic_write_text
+    from medmamba.files import atomic_write_text
     from medmamba.artifacts.run_dir import RunDir
     from medmamba.evaluation.runs import run_outputs
     from medmamba.training.trainer import train

@@ -105,3 +105,19 @@ def test_features_only_loads_classifier_checkpoint(tmp_path):
     torch.save(src.state_dict(), tmp_path / "t.pth")
     feats = create_model("medmamba_t", features_only=True, out_indices=(1,), pretrained=tmp_path / "t.pth")
     assert same_weights(feats, src)
+
+
+def test_refuse_existing_names_what_is_there_and_writes_nothing(tmp_path):
+    from medmamba.errors import MedMambaError
+    from medmamba.files import refuse_existing
+    refuse_existing(tmp_path / "absent", tmp_path)  # an empty folder and a missing path are free
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("kept")
+    (tmp_path / "f.csv").write_text("kept")
+    with pytest.raises(MedMambaError, match=r"run exists and is not empty and .*f\.csv exists; pass --overwrite to "
+                                            r"replace them or --resume to continue it$"):
+        refuse_existing(tmp_path / "run", tmp_path / "f.csv", alternative="--resume to continue it")
+    with pytest.raises(CheckpointError, match=r"f\.csv exists; pass --overwrite to replace it$"):
+        refuse_existing(tmp_path / "f.csv", error=CheckpointError)
+    refuse_existing(tmp_path / "run", tmp_path / "f.csv", overwrite=True)
+    assert (tmp_path / "run" / "x").read_text() == (tmp_path / "f.csv").read_text() == "kept"

@@ -16,7 +16,6 @@ from medmamba.errors import DataError
 from .helpers import MEDMNIST, REPO, needs_medmnist
 
 
-
 def test_subset_table():
     names = medmnist_subsets()
     assert len(names) == 12 and "chestmnist" in names and "retinamnist" in names

@@ -11,7 +11,6 @@ from medmamba.evaluation.reports import PUBLISHED, published_table
 from .helpers import REPO
 
 
-
 def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -98,3 +97,21 @@ def test_the_import_graph_has_no_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_the_layout_shows_the_architecture():
+    """At most 12 modules at the top of the package; its folders (models, ops, data, artifacts, training,
+    evaluation, deploy) import one another one way only."""
+    top = [p.name for p in (REPO / "src" / "medmamba").glob("*.py")]
+    assert len(top) <= 12, top
+    parts = {}
+    for module, deps in _internal_imports().items():
+        if module == "medmamba":  # the package's face hands on names from every part
+            continue
+        part = module.split(".")[1]
+        parts.setdefault(part, set()).update(d.split(".")[1] for d in deps if d.count(".") and d.split(".")[1] != part)
+    folders = {p.name for p in (REPO / "src" / "medmamba").iterdir() if (p / "__init__.py").is_file()}
+    assert {"models", "ops", "data", "artifacts", "training", "evaluation", "deploy"} <= folders
+    for a in parts:
+        for b in parts[a]:
+            assert a not in parts.get(b, ()), f"{a} and {b} import each other"

@@ -8,7 +8,6 @@ from medmamba.ops.scan_chunked import selective_scan_chunked
 from .helpers import assert_backends_agree, direct_recurrence, inputs, rel_err
 
 
-
 # lengths that are and are not a square (padding), down to one step.
 @pytest.mark.parametrize("length", [1, 7, 16, 17, 50, 257])
 @pytest.mark.parametrize("dim,n,groups", [(5, 1, 1), (12, 16, 4), (9, 3, 3)])

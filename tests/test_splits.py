@@ -14,7 +14,6 @@ from medmamba.errors import DataError
 from .helpers import MEDMNIST, TINY, needs_medmnist
 
 
-
 @pytest.mark.parametrize("draw", range(20))
 def test_no_group_in_two_splits_over_random_draws(draw):
     rng = np.random.default_rng(draw)

@@ -43,6 +43,14 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
     assert rows[0]["image"] == "breastmnist.npz:test[0]" and {r["label"] for r in rows} <= {"malignant", "normal, benign"}
     right = sum(r["correct"] == "True" for r in rows)
     assert right / 40 == pytest.approx(report["metrics"]["accuracy"])
+    # the library's evaluate, from the saved run, is the pipeline the training's test went through
+    from medmamba import evaluate
+    again = evaluate(out, "test", n_resamples=1000, seed=0, write=False)
+    assert again.metrics == result["test"] and again.paths == {}
+    assert again.report["intervals"]["auc"] == report["intervals"]["auc"]
+    with pytest.raises(MedMambaError, match="chooses its threshold on the validation split"):
+        evaluate(out, "val", sensitivity=0.9)  # refused before anything is loaded or written
+    assert not run.eval_dir("val", "best").exists()
     before = (out / "metrics.jsonl").read_text()
     with pytest.raises(MedMambaError, match="exists and is not empty; pass --overwrite"):
         train(tiny_cfg(), out, progress=False)
@@ -286,7 +294,7 @@ def test_evaluate_cli_and_checkpoint_with_other_class_count(tmp_path):
     assert "| accuracy |" in proc.stdout and (out / "eval_val_best" / "report.md").is_file()
     again = run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))",
                        "evaluate", out, "--split", "val", check=False)
-    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+    assert again.returncode == 2 and "exists and is not empty; pass --overwrite" in again.stderr
     import medmamba
     from safetensors.torch import save_file
     other = medmamba.create_model("medmamba_t", num_classes=5, in_chans=1, depths=[1, 1], dims=[8, 16])

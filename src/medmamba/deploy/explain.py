@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..artifacts.card import class_index
 from ..errors import MedMambaError
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text, refuse_existing
 from ..evaluation.prediction import class_probabilities
 
 METHODS = ("hirescam", "gradcam")
@@ -161,8 +161,7 @@ def explain_files(predictor, inputs, output: str | os.PathLike, target: Optional
     if method not in METHODS:
         raise MedMambaError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
     out = Path(output)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise MedMambaError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
+    refuse_existing(out, overwrite=overwrite, alternative="choose another --output")
     paths, failures = require_inputs(inputs, "explain")
     out.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import MedMambaError
-from ..files import atomic_path
+from ..files import atomic_path, refuse_existing
 from ..models import MedMamba
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
@@ -57,8 +57,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, img_size: int |
     _require("onnx")
     _require("onnxscript")
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise MedMambaError(f"{path} exists; pass --overwrite to replace it")
+    refuse_existing(path, overwrite=overwrite)
     is_medmamba = isinstance(model, MedMamba)
     if fused_scan:
         if not is_medmamba:
