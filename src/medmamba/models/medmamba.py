@@ -213,6 +213,20 @@ class VSSLayer(nn.Module):
         return x
 
 
+def init_weights(m: nn.Module):
+    """The official VSSM's initialisation of one module; SS2D's parameters that are not Linear keep their Mamba
+    initialisation (``SS2D.reset_ssm_parameters``)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class MedMamba(nn.Module, HubMixin):
     """MedMamba classifier. Argument names follow the official ``VSSM``.
 
@@ -262,20 +276,7 @@ class MedMamba(nn.Module, HubMixin):
         if backbone_stages is None:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m):
-        # As the official VSSM: its SS2D parameters that are not Linear keep their Mamba initialisation.
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -310,7 +311,7 @@ class MedMamba(nn.Module, HubMixin):
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            self._init_weights(self.head)
+            init_weights(self.head)
 
     def forward_stages(self, x, out_indices: Sequence[int] = ()):
         """Run the backbone; returns the final NHWC map and the NCHW maps of the stages in out_indices.
