@@ -110,7 +110,7 @@ def _evaluate(args) -> int:
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
     result = evaluate(runs, args.split, args.checkpoint, args.output, overrides, sensitivity=args.sensitivity,
                       positive_class=args.positive_class, n_resamples=args.bootstrap, seed=args.seed,
-                      overwrite=args.overwrite, progress=True)
+                      overwrite=args.overwrite, progress=True, coverage=args.coverage, conformal=args.conformal)
     print(summary_text(result.report))
     print(f"\nreport: {result.paths['md']}")
     return 0
@@ -319,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "chosen on the validation split, reaches this sensitivity (e.g. 0.9)")
     ev.add_argument("--positive-class", help="binary tasks: the positive class (name or index; default: 1): "
                     "its sensitivity, specificity, precision and F1 are reported, and --sensitivity is about it")
+    ev.add_argument("--coverage", type=float, help="prediction sets calibrated now on the validation split for this "
+                    "coverage (e.g. 0.9; default: the run's own, from its model card)")
+    ev.add_argument("--conformal", choices=["aps", "lac", "raps"], default="aps",
+                    help="the prediction sets' score with --coverage (default aps)")
     ev.set_defaults(func=_evaluate)
 
     cmp = sub.add_parser("compare", help="paired difference of two runs (or ensembles) on the same test images")

@@ -192,6 +192,11 @@ SCHEMA: dict[str, Any] = {
                           "precision and F1 reports give and whose sensitivity is targeted; null: the second class",
                           "null, a class name or a class index", lambda v: v is None or isinstance(v, (str, int))
                           and not isinstance(v, bool)),
+    "coverage": number(0.9, "prediction sets: the share of images whose set must hold the true class, calibrated "
+                       "on the validation split (split conformal); null: no sets", 0, 1, lo_open=True, hi_open=True,
+                       optional=True),
+    "conformal": choice("aps", "prediction sets' score: aps (adapts to how hard an image is), lac (smallest sets), "
+                        "raps (aps penalising unlikely classes)", ("aps", "lac", "raps")),
     "bootstrap": integer(1000, "stratified bootstrap resamples of the test images for 95% intervals; 0: none", lo=0),
     "seed": integer(0, "random seed of initialisation, shuffling and augmentation", lo=0),
     "save_every_steps": integer(None, "also checkpoint mid-epoch every N optimiser steps", optional=True),

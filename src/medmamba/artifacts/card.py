@@ -49,6 +49,7 @@ class ModelCard:
     threshold: Optional[float] = None           # binary tasks: positive_class when its probability >= threshold
     positive_class: Optional[int] = None        # the class index the threshold (and a binary report) is on
     weights: Optional[str] = None               # "ema" or "raw": which weights validated better
+    conformal: Optional[dict] = None            # prediction sets calibrated on validation (ConformalSets.to_dict)
     extra: dict = field(default_factory=dict)   # keys this version does not know, kept when rewritten
 
     @property

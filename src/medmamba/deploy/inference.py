@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ..data.transforms import build_transform
 from ..errors import CheckpointError, DataError
 from ..files import atomic_write_text
 from ..models import create_model
+from ..evaluation.conformal import ConformalSets, set_names
 from ..evaluation.prediction import model_probabilities, predicted_names
 
 
@@ -121,6 +122,7 @@ class PredictionResult:
     seconds: float = 0.0
     threshold: Optional[float] = None    # binary operating point from the model card: class ``positive``
     positive: int = 1                    # is predicted when its probability reaches ``threshold``
+    conformal: Optional[dict] = None     # the card's prediction sets (evaluation.conformal.ConformalSets)
 
     @property
     def images_per_second(self) -> float:
@@ -129,12 +131,27 @@ class PredictionResult:
     def predicted(self) -> list[str]:
         return predicted_names(self.probabilities, self.classes, self.multi_label, self.threshold, self.positive)
 
-    def to_csv(self) -> str:
+    def sets(self) -> Optional[list[str]]:
+        """Each image's prediction set ("a|b": undecided between a and b), when the card has one calibrated."""
+        if not self.conformal or self.multi_label:
+            return None
+        return set_names(ConformalSets.from_dict(self.conformal).predict(self.probabilities), self.classes)
+
+    def rows(self, name: Callable[[str], str] = str) -> list[list]:
+        """One row per image: ``name(path)``, each class's probability, the prediction and, when the card has
+        one calibrated, the prediction set."""
+        sets = self.sets()
+        return [[name(path), *(f"{p:.6f}" for p in row), label] + ([sets[i]] if sets else [])
+                for i, (path, row, label) in enumerate(zip(self.paths, self.probabilities, self.predicted()))]
+
+    def header(self) -> list[str]:
+        return ["path", *(f"prob_{c}" for c in self.classes), "predicted"] + (["set"] if self.sets() else [])
+
+    def to_csv(self, name: Callable[[str], str] = str) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["path", *(f"prob_{c}" for c in self.classes), "predicted"])
-        for path, row, label in zip(self.paths, self.probabilities, self.predicted()):
-            writer.writerow([path, *(f"{p:.6f}" for p in row), label])
+        writer.writerow(self.header())
+        writer.writerows(self.rows(name))
         return out.getvalue()
 
     def write_csv(self, path: str | os.PathLike) -> Path:
@@ -206,4 +223,5 @@ class Predictor:
         return PredictionResult(paths=[paths[i] for i in done],
                                 probabilities=np.concatenate(probs) if probs else np.zeros((0, len(self.classes))),
                                 classes=self.classes, multi_label=self.multi_label, failures=failures,
-                                seconds=seconds, threshold=self.card.threshold, positive=self.card.positive)
+                                seconds=seconds, threshold=self.card.threshold, positive=self.card.positive,
+                                conformal=self.card.conformal)

@@ -139,7 +139,8 @@ class Service:
         card = first.card if len(members) == 1 else None
         return PredictionResult(paths=good or [], probabilities=np.mean(probs_per_model, axis=0),
                                 classes=first.classes, multi_label=first.multi_label, failures=failures,
-                                threshold=card.threshold if card else None, positive=card.positive if card else 1)
+                                threshold=card.threshold if card else None, positive=card.positive if card else 1,
+                                conformal=card.conformal if card else None)
 
     def activation_map(self, path: str, choice: Optional[str], target: Optional[str], opacity: float) -> np.ndarray:
         """HiResCAM overlay of one uploaded image for class ``target`` (default: the prediction)."""
@@ -168,28 +169,39 @@ def build_app(models: list[ServedModel], upload_dir: Path):
     def run(files, choice):
         if not files:
             return (gr.update(value=None), "Upload one or more images first.", None, gr.update(choices=[], value=None),
-                    {}, "", None, [])
+                    {}, "", "", None, [])
         result = service.predict([getattr(f, "name", f) for f in files], choice)
         csv_path = Path(tempfile.mkdtemp(dir=upload_dir)) / "predictions.csv"
-        csv_path.write_text(_display_csv(result))
-        rows = [[Path(p).name, *[round(float(v), 6) for v in row], label]
-                for p, row, label in zip(result.paths, result.probabilities, result.predicted())]
+        csv_path.write_text(result.to_csv(_display_name))
+        rows = [[row[0], *[round(float(v), 6) for v in row[1:1 + len(result.classes)]], *row[1 + len(result.classes):]]
+                for row in result.rows(_display_name)]
         errors = "\n".join(f"- **{name}**: {reason}" for name, reason in result.failures)
         message = (f"{len(result.paths)} image(s) predicted" + (f"; {len(result.failures)} not read:\n\n{errors}"
                                                                 if result.failures else "."))
         names = [Path(p).name for p in result.paths]
-        state = list(zip(names, result.paths, [r.tolist() for r in result.probabilities], result.predicted()))
+        sets = result.sets() or [""] * len(names)
+        state = list(zip(names, result.paths, [r.tolist() for r in result.probabilities], result.predicted(), sets))
         shown = names[0] if names else None
-        label, predicted, overlay_image = details(state, shown, choice, "predicted", 0.45)
-        return (rows, message, str(csv_path), gr.update(choices=names, value=shown), label, predicted, overlay_image,
-                state)
+        label, predicted, prediction_set, overlay_image = details(state, shown, choice, "predicted", 0.45)
+        return (gr.update(value=rows, headers=["file", *result.header()[1:]]), message, str(csv_path),
+                gr.update(choices=names, value=shown), label, predicted, prediction_set, overlay_image, state)
 
     def details(state, shown, choice, target, opacity):
-        for name, path, probs, predicted in state or []:
+        for name, path, probs, predicted, prediction_set in state or []:
             if name == shown:
                 image = service.activation_map(path, choice, target, opacity)
-                return dict(zip(first.classes, probs)), predicted, image
-        return {}, "", None
+                return dict(zip(first.classes, probs)), predicted, set_text(prediction_set, choice), image
+        return {}, "", "", None
+
+    def set_text(prediction_set: str, choice) -> str:
+        card = service._members(choice)[0].predictor.card if len(service._members(choice)) == 1 else None
+        if card is None or not card.conformal:
+            return "no prediction sets calibrated for this model"
+        classes = prediction_set.split("|") if prediction_set else []
+        verdict = ("one class" if len(classes) == 1 else "none of the classes fits" if not classes
+                   else f"undecided between {len(classes)} classes")
+        return (f"{' | '.join(classes) or '(empty)'}: {verdict} (holds the true class for "
+                f"{card.conformal['coverage']:.0%} of images like the validation split)")
 
     def card(choice):
         members = service._members(choice)
@@ -200,8 +212,9 @@ def build_app(models: list[ServedModel], upload_dir: Path):
         result = service.predict([getattr(file, "name", file)], choice)
         if result.failures:
             raise gr.Error(f"{result.failures[0][0]}: {result.failures[0][1]}")
+        sets = result.sets()
         return {"probabilities": dict(zip(result.classes, map(float, result.probabilities[0]))),
-                "predicted": result.predicted()[0]}
+                "predicted": result.predicted()[0], **({"set": sets[0].split("|")} if sets else {})}
 
     with gr.Blocks(title="MedMamba") as demo:
         gr.Markdown("# MedMamba\nDrop scans below (PNG, JPEG, TIFF 8/16-bit, DICOM), then **Predict**. "
@@ -214,7 +227,8 @@ def build_app(models: list[ServedModel], upload_dir: Path):
                 message = gr.Markdown(elem_id="message")
                 model_card = gr.Markdown(card(service.choices[0]), elem_id="card")
             with gr.Column(scale=2):
-                table = gr.Dataframe(headers=["file", *[f"prob_{c}" for c in first.classes], "predicted"],
+                table = gr.Dataframe(headers=["file", *[f"prob_{c}" for c in first.classes], "predicted"]
+                                     + (["set"] if first.card.conformal and not first.multi_label else []),
                                      label="Predictions", interactive=False, elem_id="results")
                 download = gr.File(label="Predictions as CSV (the columns of medmamba predict)", elem_id="csv")
                 with gr.Row():
@@ -226,12 +240,13 @@ def build_app(models: list[ServedModel], upload_dir: Path):
                     probs = gr.Label(label="Class probabilities", elem_id="probabilities")
                     overlay_image = gr.Image(label="HiResCAM", type="numpy", elem_id="overlay")
                 predicted = gr.Textbox(label="Predicted class", elem_id="predicted", interactive=False)
+                prediction_set = gr.Textbox(label="Prediction set", elem_id="set", interactive=False)
         state = gr.State([])
-        button.click(run, [files, choice], [table, message, download, shown, probs, predicted, overlay_image, state],
-                     api_name=False)
+        button.click(run, [files, choice], [table, message, download, shown, probs, predicted, prediction_set,
+                                            overlay_image, state], api_name=False)
         for control in (shown, target, opacity):
-            control.change(details, [state, shown, choice, target, opacity], [probs, predicted, overlay_image],
-                           api_name=False)
+            control.change(details, [state, shown, choice, target, opacity],
+                           [probs, predicted, prediction_set, overlay_image], api_name=False)
         choice.change(card, choice, model_card, api_name=False)
         # The HTTP API (gradio_client): one image in, JSON out; hidden components give it typed parameters.
         with gr.Row(visible=False):
@@ -242,17 +257,9 @@ def build_app(models: list[ServedModel], upload_dir: Path):
     return demo
 
 
-def _display_csv(result) -> str:
-    """``predict``'s CSV with each path as the uploaded file's name (the server's temporary path means nothing
-    to the person who uploaded it)."""
-    import csv
-    import io
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["path", *(f"prob_{c}" for c in result.classes), "predicted"])
-    for path, row, label in zip(result.paths, result.probabilities, result.predicted()):
-        writer.writerow([Path(path).name, *(f"{p:.6f}" for p in row), label])
-    return out.getvalue()
+def _display_name(path: str) -> str:
+    """The uploaded file's name: the server's temporary path means nothing to the person who uploaded it."""
+    return Path(path).name
 
 
 def serve(checkpoints: Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 7860,

@@ -132,8 +132,9 @@ def single_class_share(probs, multi_label: bool) -> Optional[float]:
 
 
 def calibrate_card(model, dataset, card, cfg: dict, multi_label: bool, positive: int, device="cpu"):
-    """``card`` with what is fitted on ``dataset`` (the validation split): the temperature (``calibrate``) and,
-    with ``sensitivity``, the binary threshold on class ``positive`` that reaches it."""
+    """``card`` with what is fitted on ``dataset`` (the validation split): the temperature (``calibrate``),
+    with ``sensitivity`` the binary threshold on class ``positive`` that reaches it, and with ``coverage`` the
+    conformal prediction sets (on the probabilities after the temperature)."""
     import torch
 
     from .prediction import predict_logits, probabilities_from_logits
@@ -145,4 +146,8 @@ def calibrate_card(model, dataset, card, cfg: dict, multi_label: bool, positive:
         card.threshold = threshold_for_sensitivity(labels, probs, cfg["sensitivity"], positive)
     if cfg["sensitivity"] is not None or cfg["positive_class"] is not None:
         card.positive_class = positive  # evaluate reports this class's sensitivity and specificity too
+    if cfg["coverage"] is not None and not multi_label:
+        from .conformal import calibrate_sets
+        probs = probabilities_from_logits(torch.from_numpy(logits), False, card.temperature).numpy()
+        card.conformal = calibrate_sets(probs, labels, cfg["coverage"], cfg["conformal"]).to_dict()
     return card

@@ -40,14 +40,17 @@ def default_output(run: str | os.PathLike, split: str, checkpoint: str = "best")
     return RunDir(run).eval_dir(split, name)
 
 
-def _check_request(runs, split, checkpoint, output, sensitivity, write):
+def _check_request(runs, split, checkpoint, output, sensitivity, coverage, write):
     """Every refusal before any model is loaded or any file written."""
     if len(runs) > 1 and checkpoint not in CHECKPOINT_NAMES:
         raise MedMambaError("--checkpoint with a weights file takes one run; an ensemble uses best or last of each")
     if sensitivity is not None and not 0 < sensitivity <= 1:
         raise MedMambaError(f"--sensitivity {sensitivity}: a target sensitivity is in (0, 1]")
-    if split == "val" and sensitivity is not None:
-        raise MedMambaError("--sensitivity chooses its threshold on the validation split; evaluate on test (or train)")
+    if coverage is not None and not 0 < coverage < 1:
+        raise MedMambaError(f"--coverage {coverage}: a target coverage is in (0, 1), e.g. 0.9")
+    for option, value in (("--sensitivity", sensitivity), ("--coverage", coverage)):
+        if split == "val" and value is not None:
+            raise MedMambaError(f"{option} is calibrated on the validation split; evaluate on test (or train)")
     if write and output is None:
         if len(runs) > 1:
             raise MedMambaError(f"an ensemble of {len(runs)} runs needs --output for its report")
@@ -57,9 +60,10 @@ def _check_request(runs, split, checkpoint, output, sensitivity, write):
     return Path(output) if write else None
 
 
-def operating_point(outputs: RunOutputs, sensitivity: Optional[float] = None, positive_class=None, device=None):
-    """(threshold, positive class) of a binary report: chosen now on the validation split when ``sensitivity``
-    is given; else a single run's own from its model card; else none, on ``positive_class`` (default: the
+def operating_point(outputs: RunOutputs, val: Optional[RunOutputs] = None, sensitivity: Optional[float] = None,
+                    positive_class=None):
+    """(threshold, positive class) of a binary report: chosen now on the validation split (``val``: the same
+    runs' predictions there) when ``sensitivity`` is given; else a single run's own from its model card; else none, on ``positive_class`` (default: the
     card's, else the second class)."""
     from .calibration import threshold_for_sensitivity
     data = outputs.data
@@ -74,8 +78,21 @@ def operating_point(outputs: RunOutputs, sensitivity: Optional[float] = None, po
     if not binary:
         raise MedMambaError(f"--sensitivity needs a binary task, not {data.task}")
     positive = 1 if positive_class is None else class_index(positive_class, data.classes)
-    val = run_outputs(outputs.used, "val", device=device)  # the same loaded runs: their own data handling
     return threshold_for_sensitivity(val.labels, val.probs, sensitivity, positive), positive
+
+
+def prediction_sets(outputs: RunOutputs, val: Optional[RunOutputs] = None, coverage: Optional[float] = None,
+                    method: str = "aps"):
+    """The conformal prediction sets to report: calibrated now on the validation split (``val``) when
+    ``coverage`` is given (a single run or an ensemble); else a single run's own from its model card; else
+    none (and never for multi-label tasks)."""
+    from .conformal import ConformalSets, calibrate_sets
+    if outputs.data.multi_label:
+        return None
+    if coverage is not None:
+        return calibrate_sets(val.probs, val.labels, coverage, method)
+    card = outputs.used[0].card if len(outputs.used) == 1 else None
+    return ConformalSets.from_dict(card.conformal) if card is not None and card.conformal else None
 
 
 def _title(outputs: RunOutputs, split: str, checkpoint: str) -> str:
@@ -92,14 +109,15 @@ def _title(outputs: RunOutputs, split: str, checkpoint: str) -> str:
 def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Optional[str | os.PathLike] = None,
              overrides: Sequence[str] = (), sensitivity: Optional[float] = None, positive_class=None,
              n_resamples: int = 1000, seed: int = 0, warnings: Sequence[str] = (), overwrite: bool = False,
-             write: bool = True, device=None, progress: bool = False) -> Evaluation:
+             write: bool = True, device=None, progress: bool = False, coverage: Optional[float] = None,
+             conformal: str = "aps") -> Evaluation:
     """Evaluate one training run, or the ensemble of several (probabilities averaged), on ``split``.
 
     ``runs``: training output folders (or ``runs.LoadedRun`` objects held in memory, as the Trainer passes);
     ``checkpoint``: best, last, or a weights file (one run). The report (``reports.assess``: metrics with
     ``n_resamples`` bootstrap intervals, calibration before and after each run's temperature, the binary
-    operating point: see ``operating_point``, and ``warnings`` plus any this evaluation finds) is written
-    with per-image predictions and plots to ``output`` (default RUN/eval_<split>_<checkpoint>), unless
+    operating point: see ``operating_point``, prediction sets: see ``prediction_sets``, selective prediction,
+    and ``warnings`` plus any this evaluation finds) is written with per-image predictions and plots to ``output`` (default RUN/eval_<split>_<checkpoint>), unless
     ``write`` is off. An existing report is never replaced without ``overwrite``; every refusal comes
     before anything is loaded or written."""
     from .calibration import single_class_share
@@ -109,11 +127,14 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
     runs = list(runs)
     if not runs:
         raise MedMambaError("no training run to evaluate")
-    out = _check_request(runs, split, checkpoint, output, sensitivity, write)
+    out = _check_request(runs, split, checkpoint, output, sensitivity, coverage, write)
     if out is not None:
         refuse_existing(out, overwrite=overwrite, alternative="--output for another folder")
     outputs = run_outputs(runs, split, checkpoint, overrides, device, progress)
-    threshold, positive = operating_point(outputs, sensitivity, positive_class, device)
+    # what is chosen now is chosen on the validation split, with the same runs and their own data handling
+    val = run_outputs(outputs.used, "val", device=device) if sensitivity is not None or coverage is not None else None
+    threshold, positive = operating_point(outputs, val, sensitivity, positive_class)
+    sets = prediction_sets(outputs, val, coverage, conformal)
     data, used = outputs.data, outputs.used
     temperatures = [run.card.temperature if run.card is not None else None for run in used]
     warnings = list(warnings)
@@ -121,7 +142,7 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
         warnings.append(f"the evaluated model predicts one class for every {split} image")
     report = assess(outputs.labels, outputs.probs, data.task, data.classes, uncalibrated=outputs.plain,
                     temperature=temperatures[0] if len(used) == 1 else None, threshold=threshold, positive=positive,
-                    n_resamples=n_resamples, seed=seed, warnings=warnings)
+                    n_resamples=n_resamples, seed=seed, warnings=warnings, conformal=sets)
     result = Evaluation(report, outputs)
     if out is not None:
         one = len(used) == 1
@@ -129,25 +150,29 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
                  "tta": used[0].cfg["tta"] if one else [r.cfg["tta"] for r in used], "temperatures": temperatures}
         result.paths = write_report(out, report, outputs.labels, outputs.probs, data.classes,
                                     _title(outputs, split, checkpoint), data.name, extra=extra)
-        result.paths["predictions"] = write_predictions(out / PREDICTIONS, outputs, threshold, positive)
+        result.paths["predictions"] = write_predictions(out / PREDICTIONS, outputs, threshold, positive, sets)
     return result
 
 
-def write_predictions(path: Path, outputs: RunOutputs, threshold: Optional[float] = None, positive: int = 1) -> Path:
-    """predictions.csv: one row per image (id, true label, each class's probability, prediction, correct);
-    multi-label classes joined by ";" as ``predict`` writes them."""
+def write_predictions(path: Path, outputs: RunOutputs, threshold: Optional[float] = None, positive: int = 1,
+                      sets=None) -> Path:
+    """predictions.csv: one row per image (id, true label, each class's probability, prediction, its
+    prediction set when there is one, correct); multi-label classes joined by ";" as ``predict`` writes them."""
     from ..data.builder import sample_ids
+    from .conformal import set_names
     from .prediction import predicted_names
     data = outputs.data
     names = [str(c) for c in data.classes]
     truth = predicted_names(np.asarray(outputs.labels, dtype=float), names, True) if data.multi_label else \
         [names[int(y)] for y in outputs.labels]
     predicted = predicted_names(outputs.probs, names, data.multi_label, threshold, positive)
+    members = set_names(sets.predict(outputs.probs), names) if sets is not None else None
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "label", *(f"prob_{n}" for n in names), "predicted", "correct"])
-        for image, y, p, shown in zip(sample_ids(outputs.dataset), truth, outputs.probs, predicted):
-            w.writerow([image, y, *(f"{v:.6f}" for v in p), shown, y == shown])
+        w.writerow(["image", "label", *(f"prob_{n}" for n in names), "predicted"]
+                   + (["set"] if members else []) + ["correct"])
+        for i, (image, y, p, shown) in enumerate(zip(sample_ids(outputs.dataset), truth, outputs.probs, predicted)):
+            w.writerow([image, y, *(f"{v:.6f}" for v in p), shown] + ([members[i]] if members else []) + [y == shown])
     return path
 
 

@@ -1,4 +1,4 @@
-"""Confusion-matrix and ROC figures, written as PNG.
+"""Report figures (confusion matrix, ROC, reliability, risk-coverage), written as PNG.
 
 Drawn on ``matplotlib.figure.Figure`` objects, not through pyplot: no global backend is chosen or changed
 and no figure is left open, whatever the caller (a notebook, a server) has set up.
@@ -74,6 +74,27 @@ def plot_reliability(calibration: dict, path, title=""):
     ax.set_xlabel("confidence (15 bins)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title}\nreliability", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_risk_coverage(labels, probs, path, title=""):
+    """Error rate on the images kept against the share kept, the least confident referred first."""
+    from .selective import REFERRED, risk_coverage, selective_summary
+    coverage, risk = risk_coverage(labels, probs)
+    summary = selective_summary(labels, probs)
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    ax.plot(coverage, risk, color="C0", lw=1.5, label=f"AURC {summary['aurc']:.3f}")
+    ax.axvline(1 - REFERRED, color="grey", ls=":", lw=0.8)
+    ax.plot([1 - REFERRED], [1 - summary["accuracy_kept"]], "o", color="C1", ms=5,
+            label=f"{REFERRED:.0%} referred: accuracy {summary['accuracy_kept']:.3f} (all: {summary['accuracy_all']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
+    ax.set_xlabel("coverage (share of images the model keeps, most confident first)")
+    ax.set_ylabel("error rate on the kept images")
+    ax.set_title(f"{title}\nrisk-coverage", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..files import atomic_write_text
 from ..artifacts.run_dir import (COMPARE_JSON, COMPARE_MD, CONFUSION_PNG, RELIABILITY_PNG, REPORT_JSON, REPORT_MD,
-                                 ROC_PNG)
+                                 RISK_COVERAGE_PNG, ROC_PNG)
 
 _MEDMNIST_V2 = "ResNet-18 (28), MedMNIST v2"
 # Test-split ACC/AUC published for every MedMNIST v2 2-D subset: ResNet-18 at 28 px from the MedMNIST v2
@@ -42,15 +42,18 @@ def _interval(ci) -> str:
 
 def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature: Optional[float] = None,
            threshold: Optional[float] = None, positive: int = 1, n_resamples: int = 1000, seed: int = 0,
-           warnings=()) -> dict:
+           warnings=(), conformal=None) -> dict:
     """Everything a report says about predictions ``probs`` (calibrated when a temperature was fitted) on a
     split: the paper's metrics, stratified-bootstrap 95% intervals, calibration before and after the
     temperature (``uncalibrated``: the probabilities without it), the binary operating point at
     ``threshold`` on the probability of class ``positive`` (also the class whose sensitivity, specificity,
-    precision and F1 a binary report gives), and warnings."""
-    from .calibration import calibration_metrics, operating_point, reliability
+    precision and F1 a binary report gives), selective prediction (one class per image), the coverage
+    and size of the ``conformal`` prediction sets (a ``conformal.ConformalSets``), and warnings."""
     from ..data.tasks import is_multi_label
+    from .calibration import calibration_metrics, operating_point, reliability
+    from .conformal import set_summary
     from .metrics import classification_metrics
+    from .selective import selective_summary
     from .stats import bootstrap_intervals
     multi_label = is_multi_label(task)
     out = {"metrics": classification_metrics(labels, probs, task, class_names, positive=positive),
@@ -72,7 +75,25 @@ def assess(labels, probs, task: str, class_names, uncalibrated=None, temperature
                         if k in ("sensitivity", "specificity")}
             point["intervals"] = bootstrap_intervals(labels, probs, task, n_resamples, seed, metric_fn=at_threshold)
         out["operating_point"] = point
+    if not multi_label:
+        out["selective"] = selective_summary(labels, probs)
+        if conformal is not None:
+            out["conformal"] = set_summary(conformal.predict(probs), labels, conformal, n_resamples, seed)
     return out
+
+
+def conformal_text(c: dict) -> str:
+    interval = f" ({_interval(c['coverage_interval'])})" if "coverage_interval" in c else ""
+    return (f"Prediction sets ({c['method']}, calibrated on the validation split for {c['coverage']:.0%} coverage): "
+            f"{_fmt(c['empirical_coverage'])}{interval} of these images' sets hold the true class; mean set size "
+            f"{c['mean_set_size']:.2f}; one class {c['single']:.1%}, undecided (several) {c['undecided']:.1%}, "
+            f"empty {c['empty']:.1%}")
+
+
+def selective_text(s: dict) -> str:
+    return (f"Selective prediction: referring the least confident {s['referred']:.0%} to a person, accuracy on the "
+            f"other {s['kept']} images {_fmt(s['accuracy_kept'])} (all {s['n']}: {_fmt(s['accuracy_all'])}); "
+            f"AURC {_fmt(s['aurc'])}")
 
 
 def metrics_table(m: dict, intervals: Optional[dict] = None) -> str:
@@ -114,6 +135,10 @@ def summary_text(report: dict) -> str:
     parts = [metrics_table(report["metrics"], report.get("intervals")), "", calibration_table(report)]
     if "operating_point" in report:
         parts += ["", operating_point_text(report["operating_point"])]
+    if "conformal" in report:
+        parts += ["", conformal_text(report["conformal"])]
+    if report.get("selective"):
+        parts += ["", selective_text(report["selective"])]
     parts += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(parts)
 
@@ -130,7 +155,7 @@ def write_report(out_dir: str | os.PathLike, report: dict, labels, probs, class_
                  dataset_name: str = "", extra: Optional[dict] = None) -> dict:
     """report.json, report.md, confusion_matrix.png, roc.png and reliability.png in ``out_dir``; returns the paths.
     ``report``: what ``assess`` returns."""
-    from .plots import plot_confusion_matrix, plot_reliability, plot_roc
+    from .plots import plot_confusion_matrix, plot_reliability, plot_risk_coverage, plot_roc
     m = report["metrics"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +166,9 @@ def write_report(out_dir: str | os.PathLike, report: dict, labels, probs, class_
         plot_confusion_matrix(np.array(m["confusion_matrix"]), class_names, paths["confusion_matrix"], title)
     plot_roc(labels, probs, class_names, m["task"], paths["roc"], title)
     plot_reliability(report["calibration"], paths["reliability"], title)
+    if report.get("selective"):
+        paths["risk_coverage"] = out / RISK_COVERAGE_PNG
+        plot_risk_coverage(labels, probs, paths["risk_coverage"], title)
     payload = {"title": title, **(extra or {}), **report}
     atomic_write_text(paths["json"], json.dumps(payload, indent=1))
     md = [f"# {title}", ""] + [f"**Warning:** {w}" for w in report["warnings"]] + [""]
@@ -151,6 +179,11 @@ def write_report(out_dir: str | os.PathLike, report: dict, labels, probs, class_
     md += ["## Calibration", "", calibration_table(report), ""]
     if "operating_point" in report:
         md += ["## Operating point", "", operating_point_text(report["operating_point"]), ""]
+    if "conformal" in report:
+        md += ["## Prediction sets", "", conformal_text(report["conformal"]), ""]
+    if report.get("selective"):
+        md += ["## Selective prediction", "", selective_text(report["selective"]), "",
+               f"![risk-coverage]({paths['risk_coverage'].name})", ""]
     if dataset_name in PUBLISHED:
         md += ["Published results on the same test split (MedMNIST's ACC/AUC rules):", "",
                published_table(dataset_name, m), ""]

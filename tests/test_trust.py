@@ -1,0 +1,114 @@
+"""Predictions people can trust: conformal prediction sets keep their coverage guarantee, selective
+prediction's risk-coverage curve and AURC, and both in reports."""
+import numpy as np
+import pytest
+
+from medmamba.errors import MedMambaError
+from medmamba.evaluation.conformal import METHODS, calibrate_sets, class_scores, set_names, set_summary
+from medmamba.evaluation.selective import risk_coverage, selective_summary
+
+
+def noisy_classifier(n, classes=4, seed=0, sharpness=2.0):
+    """Probabilities of a reasonable but imperfect classifier on n images, with their true labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes))
+    logits[np.arange(n), labels] += sharpness
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs, labels
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("coverage", [0.8, 0.9])
+def test_split_conformal_keeps_its_guarantee_over_random_splits(method, coverage):
+    """Marginal coverage: over random calibration/test splits the mean coverage is at least the target (and,
+    for lac, not much above it: the guarantee is tight); from split to split it varies as the theory says
+    (a Beta law of sd about sqrt(c (1 - c) / n) for n calibration images), not more."""
+    probs, labels = noisy_classifier(3000, seed=1)
+    rng = np.random.default_rng(2)
+    seen = []
+    for _ in range(200):
+        order = rng.permutation(len(labels))
+        cal, test = order[:300], order[300:]
+        sets = calibrate_sets(probs[cal], labels[cal], coverage, method)
+        members = sets.predict(probs[test])
+        seen.append(members[np.arange(len(test)), labels[test]].mean())
+    seen = np.array(seen)
+    assert seen.mean() >= coverage - 0.005, (method, seen.mean())
+    if method == "lac":
+        assert seen.mean() <= coverage + 0.02
+    assert seen.std() < 1.5 * np.sqrt(coverage * (1 - coverage) / 300) + 0.01
+
+
+def test_scores_by_hand():
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
+    np.testing.assert_allclose(class_scores(probs, "lac"), [[0.4, 0.7, 0.9], [0.8, 0.5, 0.7]])
+    # aps: the mass ranked above a class plus its own probability
+    np.testing.assert_allclose(class_scores(probs, "aps"), [[0.6, 0.9, 1.0], [1.0, 0.5, 0.8]])
+    # raps adds lam for every rank past k_reg
+    np.testing.assert_allclose(class_scores(probs, "raps", k_reg=1, lam=0.1), [[0.6, 1.0, 1.2], [1.2, 0.5, 0.9]])
+    with pytest.raises(MedMambaError, match="one of lac, aps, raps"):
+        class_scores(probs, "naive")
+
+
+def test_threshold_is_the_finite_sample_quantile_and_sets_read_as_names():
+    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6], [0.2, 0.8]])
+    labels = np.array([0, 0, 0, 1])
+    sets = calibrate_sets(probs, labels, 0.6, "lac")
+    # lac scores of the true classes: 0.1, 0.3, 0.6, 0.2; ceil(5 * 0.6) / 4 = 0.75 -> the 3rd smallest, 0.3
+    assert sets.threshold == pytest.approx(0.3) and sets.n_calibration == 4
+    members = sets.predict(np.array([[0.75, 0.25], [0.5, 0.5], [0.72, 0.28]]))
+    assert set_names(members, ["benign", "malignant"]) == ["benign", "", "benign"]
+    # too few calibration images for the target: every class is in every set
+    assert calibrate_sets(probs, labels, 0.9, "lac").predict(probs).all()
+    # aps never leaves a set empty: the most probable class is always in
+    aps = calibrate_sets(probs, labels, 0.6, "aps")
+    assert aps.predict(np.array([[0.99, 0.01], [0.5, 0.5]])).sum(1).min() >= 1
+    with pytest.raises(MedMambaError, match="coverage 1.5"):
+        calibrate_sets(probs, labels, 1.5)
+
+
+def test_set_summary_counts_undecided_and_empty_sets():
+    members = np.array([[True, False], [True, True], [False, False], [False, True]])
+    sets = calibrate_sets(np.array([[0.9, 0.1]] * 10), np.zeros(10, int), 0.8, "lac")
+    out = set_summary(members, [0, 1, 0, 0], sets, n_resamples=200)
+    assert out["empirical_coverage"] == 0.5 and out["mean_set_size"] == 1.0
+    assert (out["single"], out["undecided"], out["empty"]) == (0.5, 0.25, 0.25)
+    low, high = out["coverage_interval"]
+    assert 0 <= low <= 0.5 <= high <= 1 and out["method"] == "lac" and out["coverage"] == 0.8
+
+
+def test_risk_coverage_by_hand():
+    # confidences 0.9, 0.8, 0.7, 0.6: right, wrong, right, wrong
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    labels = np.array([0, 0, 0, 0])
+    coverage, risk = risk_coverage(labels, probs)
+    np.testing.assert_allclose(coverage, [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(risk, [0, 0.5, 1 / 3, 0.5])
+    s = selective_summary(labels, probs, referred=0.25)
+    assert s["aurc"] == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4) and s["kept"] == 3
+    assert s["accuracy_kept"] == pytest.approx(2 / 3) and s["accuracy_all"] == 0.5
+
+
+def test_confident_mistakes_raise_aurc():
+    probs, labels = noisy_classifier(500, classes=2, seed=3)
+    good = selective_summary(labels, probs)
+    flipped = probs.copy()
+    confident = probs.max(1) > np.quantile(probs.max(1), 0.8)
+    flipped[confident] = flipped[confident][:, ::-1]  # the most confident answers become the wrong ones
+    bad = selective_summary(labels, flipped)
+    assert bad["aurc"] > good["aurc"] + 0.1
+    assert good["accuracy_kept"] > good["accuracy_all"]
+
+
+def test_report_has_sets_and_selective_prediction(tmp_path):
+    from medmamba.evaluation.reports import assess, summary_text, write_report
+    probs, labels = noisy_classifier(400, classes=3, seed=4)
+    sets = calibrate_sets(probs[:200], labels[:200], 0.9, "aps")
+    report = assess(labels[200:], probs[200:], "multi-class", ["a", "b", "c"], n_resamples=100, conformal=sets)
+    assert report["conformal"]["empirical_coverage"] >= 0.8 and report["selective"]["n"] == 200
+    text = summary_text(report)
+    assert "Prediction sets (aps, calibrated on the validation split for 90% coverage)" in text
+    assert "Selective prediction: referring the least confident 10% to a person" in text
+    paths = write_report(tmp_path / "r", report, labels[200:], probs[200:], ["a", "b", "c"], "t")
+    assert paths["risk_coverage"].stat().st_size > 1000 and "## Prediction sets" in paths["md"].read_text()
