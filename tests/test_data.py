@@ -160,10 +160,10 @@ def test_image_folders_official_layout_and_single_folder_split(tmp_path):
         for i in range(n):
             _png(flat / cls / f"{i}.png", np.zeros((4, 4), np.uint8))
     s1, _ = image_folder_splits(flat, seed=3)
-    assert (flat / "split_seed3.json").is_file()
+    assert not list(flat.glob("*.json"))  # nothing is written into the data folder
     assert {k: len(v) for k, v in s1.items()} == {"train": 21, "val": 3, "test": 6}
     assert sum(label for _, label in s1["test"]) == 2  # stratified: 2 of b's 10 in test
-    assert image_folder_splits(flat, seed=3)[0] == s1  # the saved split is reused
+    assert image_folder_splits(flat, seed=3)[0] == s1  # the same files and seed give the same split
     (flat / "c").mkdir()
     with pytest.raises(DataError, match="empty class folder"):
         image_folder_splits(flat, seed=4)

@@ -39,16 +39,32 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
     import csv
     rows = list(csv.DictReader(open(run.eval_dir("test") / PREDICTIONS)))
     assert len(rows) == 40 and list(rows[0]) == ["image", "label", "prob_malignant", "prob_normal, benign",
-                                                 "predicted", "correct"]
+                                                 "predicted", "set", "correct"]
+    assert {r["set"] for r in rows} <= {"malignant", "normal, benign", "malignant|normal, benign"}
+    covered = np.mean([r["label"] in r["set"].split("|") for r in rows])
+    assert covered == pytest.approx(report["conformal"]["empirical_coverage"]) and report["conformal"]["coverage"] == 0.9
     assert rows[0]["image"] == "breastmnist.npz:test[0]" and {r["label"] for r in rows} <= {"malignant", "normal, benign"}
     right = sum(r["correct"] == "True" for r in rows)
     assert right / 40 == pytest.approx(report["metrics"]["accuracy"])
+    # the run's own record of its split, checked whenever its data is read again
+    record = json.loads(run.split.read_text())
+    assert record["data"]["source"] == "medmnist" and len(record["data"]["sha256"]) == 64
+    assert {k: len(v) for k, v in record["splits"].items()} == {"train": 40, "val": 40, "test": 40}
+    assert record["splits"]["val"][:2] == ["breastmnist.npz:val[0]", "breastmnist.npz:val[1]"]
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    arrays = dict(np.load(SHARED / "medmnist" / "breastmnist.npz"))
+    arrays["test_labels"][0] = 1 - arrays["test_labels"][0]
+    np.savez(changed / "breastmnist.npz", **arrays)
+    with pytest.raises(MedMambaError, match="the data changed since this run recorded its split"):
+        evaluate_again = __import__("medmamba").evaluate
+        evaluate_again(out, "test", overrides=[f"data.root={changed}"], write=False)
     # the library's evaluate, from the saved run, is the pipeline the training's test went through
     from medmamba import evaluate
     again = evaluate(out, "test", n_resamples=1000, seed=0, write=False)
     assert again.metrics == result["test"] and again.paths == {}
     assert list(again.report["intervals"]["auc"]) == report["intervals"]["auc"]
-    with pytest.raises(MedMambaError, match="chooses its threshold on the validation split"):
+    with pytest.raises(MedMambaError, match="--sensitivity is calibrated on the validation split"):
         evaluate(out, "val", sensitivity=0.9)  # refused before anything is loaded or written
     assert not run.eval_dir("val", "best").exists()
     before = (out / "metrics.jsonl").read_text()

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, MedMambaError
-from .card import ModelCard, write_card
 from ..files import atomic_path, refuse_existing
+from .card import ModelCard, write_card
 from .run_dir import CARD, CHECKPOINTS, EMA_WEIGHTS, META, STATE, WEIGHTS, RunDir
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "resolve_weights",

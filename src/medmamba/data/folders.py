@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import warnings
 from pathlib import Path
@@ -14,7 +13,6 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..files import atomic_write_text
 from .dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from .splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_indices
 from .transforms import match_channels
@@ -98,12 +96,11 @@ def _class_folder_samples(folder: Path, classes: Optional[Sequence[str]] = None)
 
 
 def image_folder_splits(root: str | os.PathLike, channels: int = 3, seed: int = 0,
-                        split_file: Optional[str | os.PathLike] = None,
                         fractions=DEFAULT_FRACTIONS) -> tuple[dict, list[str]]:
     """(split -> [(path, label)], classes) for ``root/{train,val,test}/<class>/*`` (the official layout) or
-    for a single ``root/<class>/*`` folder, split by ``fractions`` (default 70/10/20) stratified by ``seed``.
-    The single-folder split is saved as JSON (``split_file``, default ``root/split_seed{seed}.json``) and
-    reused when present."""
+    for a single ``root/<class>/*`` folder, split by ``fractions`` (default 70/10/20) stratified by ``seed``:
+    the same files, seed and fractions give the same split. Nothing is written into ``root``; a training run
+    records its split in its own folder (``data.record``)."""
     root = Path(root)
     if (root / "train").is_dir():
         train, classes = _class_folder_samples(root / "train")
@@ -113,25 +110,8 @@ def image_folder_splits(root: str | os.PathLike, channels: int = 3, seed: int = 
                 splits[name] = _class_folder_samples(root / name, classes)[0]
         return splits, classes
     samples, classes = _class_folder_samples(root)
-    split_path = Path(split_file) if split_file else root / f"split_seed{seed}.json"
-    rel = [os.path.relpath(p, root) for p, _ in samples]
-    fractions = list(check_fractions(fractions))
-    if split_path.is_file():
-        saved = json.loads(split_path.read_text())
-        if saved.get("fractions", list(DEFAULT_FRACTIONS)) != fractions:
-            raise DataError(f"{split_path}: made with fractions {saved.get('fractions', list(DEFAULT_FRACTIONS))}, "
-                            f"not {fractions}; delete it to re-split")
-        by_path = dict(zip(rel, samples))
-        missing = [p for part in saved["splits"].values() for p in part if p not in by_path]
-        if missing:
-            raise DataError(f"{split_path}: lists files that are gone, e.g. {missing[0]}; delete it to re-split")
-        return {k: [by_path[p] for p in v] for k, v in saved["splits"].items()}, saved["classes"]
-    idx = split_indices([label for _, label in samples], fractions, seed)
-    splits = {k: [samples[i] for i in v] for k, v in idx.items()}
-    atomic_write_text(split_path, json.dumps({"seed": seed, "fractions": fractions, "classes": classes,
-                                              "splits": {k: [rel[i] for i in v] for k, v in idx.items()}},
-                                             indent=1))
-    return splits, classes
+    idx = split_indices([label for _, label in samples], list(check_fractions(fractions)), seed)
+    return {k: [samples[i] for i in v] for k, v in idx.items()}, classes
 
 
 def csv_manifest_splits(path: str | os.PathLike, seed: int = 0,

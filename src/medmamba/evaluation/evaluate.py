@@ -17,9 +17,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..artifacts.card import class_index
-from ..files import atomic_path, refuse_existing
 from ..artifacts.run_dir import PREDICTIONS, RunDir
 from ..errors import MedMambaError
+from ..files import atomic_path, refuse_existing
 from .runs import CHECKPOINT_NAMES, LoadedRun, RunOutputs, run_outputs
 
 

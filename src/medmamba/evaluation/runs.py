@@ -2,6 +2,7 @@
 ensemble whose probabilities are averaged)."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ def load_run(run: str | os.PathLike, splits=("test",), checkpoint: str = "best",
     # Overrides (data.root=..., tta=true) still have the last word.
     cfg = apply_overrides(with_card_preprocessing(load_config(run.config), card), overrides)
     data = build_data(cfg, splits=tuple(splits))
+    if run.split.is_file():  # the images the run was trained and evaluated on, or a clear refusal
+        from ..data.record import check_split_record
+        check_split_record(json.loads(run.split.read_text()), cfg, data, run.split)
     model = build_model(cfg, data.num_classes, data.channels)
     load_checkpoint(model, weights, new_head_ok=False)
     return LoadedRun(model, cfg, card, weights, data)

@@ -22,8 +22,8 @@ from typing import Optional
 from huggingface_hub import PyTorchModelHubMixin
 
 from ..artifacts.card import read_card
-from ..files import atomic_write_text
 from ..artifacts.run_dir import CARD, WEIGHTS
+from ..files import atomic_write_text
 
 HUB_CONFIG = "config.json"
 # Keys of timm's config.json that describe the file, not arguments of the model's constructor.

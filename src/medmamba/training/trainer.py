@@ -7,6 +7,7 @@ resumed from any checkpoint (with num_workers = 0) reproduces the uninterrupted 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import shutil
@@ -21,7 +22,6 @@ from .. import distributed as dist_utils
 from ..artifacts.card import ModelCard, class_index, write_card
 from ..artifacts.checkpoint import (read_state_dict, restore_training_checkpoint, save_best_checkpoint,
                                     save_training_checkpoint)
-from ..files import refuse_existing
 from ..artifacts.run_dir import RunDir
 from ..config import dump_config, load_config
 from ..data.builder import build_data
@@ -30,6 +30,7 @@ from ..evaluation.calibration import calibrate_card, nll, single_class_share
 from ..evaluation.evaluate import Evaluation, evaluate
 from ..evaluation.prediction import predict
 from ..evaluation.runs import LoadedRun, build_model
+from ..files import atomic_write_text, refuse_existing
 from ..models.timm_models import TIMM_PREFIX
 from ..ops.selective_scan import resolve_backend
 from .log import MetricsLog
@@ -87,9 +88,9 @@ def validation_metrics(model, dataset, data, cfg: dict, device) -> dict:
     return metrics
 
 
-def prepare_output(run: RunDir, cfg: dict, resume: bool, overwrite: bool, create: bool):
+def prepare_output(run: RunDir, cfg: dict, resume: bool, overwrite: bool, create: bool, data=None):
     """Check the output folder (``create`` off) or, once data and model are built, empty it and write the
-    configuration (``create`` on); a run that cannot start leaves nothing behind."""
+    configuration and the split record (``create`` on); a run that cannot start leaves nothing behind."""
     if resume:
         if not create and run.complete_checkpoint("last") is None:
             raise MedMambaError(f"--resume: no checkpoint in {run.checkpoints}")
@@ -104,6 +105,15 @@ def prepare_output(run: RunDir, cfg: dict, resume: bool, overwrite: bool, create
     if dist_utils.is_main():
         run.root.mkdir(parents=True, exist_ok=True)
         run.config.write_text(dump_config(cfg))
+    record_split(run, cfg, data)
+
+
+def record_split(run: RunDir, cfg: dict, data):
+    """Add the splits ``data`` holds to the run's split.json (rank 0)."""
+    if dist_utils.is_main():
+        from ..data.record import split_record
+        before = json.loads(run.split.read_text()) if run.split.is_file() else None
+        atomic_write_text(run.split, json.dumps(split_record(cfg, data, before), indent=1))
 
 
 def operating_point_class(cfg: dict, data) -> int:
@@ -148,7 +158,7 @@ class Trainer:
         if self.world > 1:
             self.model = dist_utils.convert_batchnorm(self.model, self.device)
         self.positive = operating_point_class(cfg, self.data)
-        prepare_output(self.run, cfg, resume, overwrite, create=not resume)
+        prepare_output(self.run, cfg, resume, overwrite, create=not resume, data=self.data)
         n_train = len(self.data.splits["train"])
         self.steps_per_epoch = max(1, math.ceil(math.ceil(n_train / self.world) / cfg["batch_size"]))
         self.optimizer, self.scheduler, self.scaler, self.ema = build_optimisation(self.model, cfg, self.steps_per_epoch,
@@ -290,9 +300,11 @@ def calibrate_and_test(trainer: Trainer, split: str = "test") -> Evaluation:
         write_card(card, run.card("best"))
     data = copy.copy(data)
     data.splits = dict(data.splits)  # the test split joins a copy: the trainer never holds it
-    return evaluate(LoadedRun(model, cfg, card, run.weights("best"), data), split, output=run.eval_dir(split),
-                    overwrite=True, n_resamples=cfg["bootstrap"], seed=cfg["seed"], warnings=trainer.state.warnings,
-                    write=dist_utils.is_main(), device=trainer.device)
+    result = evaluate(LoadedRun(model, cfg, card, run.weights("best"), data), split, output=run.eval_dir(split),
+                      overwrite=True, n_resamples=cfg["bootstrap"], seed=cfg["seed"],
+                      warnings=trainer.state.warnings, write=dist_utils.is_main(), device=trainer.device)
+    record_split(run, cfg, data)
+    return result
 
 
 def train(cfg: dict | str | None = None, output: str | os.PathLike = "runs/medmamba", overrides=(), resume=False,
