@@ -110,7 +110,8 @@ def _evaluate(args) -> int:
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
     result = evaluate(runs, args.split, args.checkpoint, args.output, overrides, sensitivity=args.sensitivity,
                       positive_class=args.positive_class, n_resamples=args.bootstrap, seed=args.seed,
-                      overwrite=args.overwrite, progress=True, coverage=args.coverage, conformal=args.conformal)
+                      overwrite=args.overwrite, progress=True, coverage=args.coverage, conformal=args.conformal,
+                      ood=args.ood)
     print(summary_text(result.report))
     print(f"\nreport: {result.paths['md']}")
     return 0
@@ -183,7 +184,7 @@ def _export(args) -> int:
 
     from .artifacts.checkpoint import save_pretrained
     from .errors import MedMambaError
-    from .deploy.inference import require_inputs
+    from .data.folders import require_inputs
     if args.fused_scan and args.format != "onnx":
         raise MedMambaError("--fused-scan applies to --format onnx only")
     predictor = _predictor(args)
@@ -323,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "coverage (e.g. 0.9; default: the run's own, from its model card)")
     ev.add_argument("--conformal", choices=["aps", "lac", "raps"], default="aps",
                     help="the prediction sets' score with --coverage (default aps)")
+    ev.add_argument("--ood", nargs="+", metavar="IMAGES_OR_DATASET",
+                    help="also report how well the out-of-distribution score tells these images (files, folders, "
+                         "globs, or a MedMNIST subset's test split, e.g. pneumoniamnist) from the evaluated split: "
+                         "AUROC and FPR at 95%% TPR")
     ev.set_defaults(func=_evaluate)
 
     cmp = sub.add_parser("compare", help="paired difference of two runs (or ensembles) on the same test images")

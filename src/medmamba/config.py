@@ -197,6 +197,9 @@ SCHEMA: dict[str, Any] = {
                        optional=True),
     "conformal": choice("aps", "prediction sets' score: aps (adapts to how hard an image is), lac (smallest sets), "
                         "raps (aps penalising unlikely classes)", ("aps", "lac", "raps")),
+    "ood": choice("mahalanobis", "out-of-distribution score on the model's pooled features (mahalanobis, knn) or its "
+                  "logits (energy, msp), threshold set so 95% of validation images pass; null: none",
+                  ("mahalanobis", "knn", "energy", "msp"), optional=True),
     "bootstrap": integer(1000, "stratified bootstrap resamples of the test images for 95% intervals; 0: none", lo=0),
     "seed": integer(0, "random seed of initialisation, shuffling and augmentation", lo=0),
     "save_every_steps": integer(None, "also checkpoint mid-epoch every N optimiser steps", optional=True),

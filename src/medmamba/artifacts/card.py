@@ -50,6 +50,7 @@ class ModelCard:
     positive_class: Optional[int] = None        # the class index the threshold (and a binary report) is on
     weights: Optional[str] = None               # "ema" or "raw": which weights validated better
     conformal: Optional[dict] = None            # prediction sets calibrated on validation (ConformalSets.to_dict)
+    ood: Optional[dict] = None                  # out-of-distribution score: method, threshold set on validation
     extra: dict = field(default_factory=dict)   # keys this version does not know, kept when rewritten
 
     @property

@@ -2,7 +2,8 @@
 
     RUN/config.yaml                       the resolved configuration
     RUN/metrics.jsonl, metrics.csv        one row per epoch (RUN/tensorboard/ with tensorboard: true)
-    RUN/checkpoints/best/                 model.safetensors + model.json (the model card)
+    RUN/checkpoints/best/                 model.safetensors + model.json (the model card) + ood.safetensors
+    RUN/split.json                        which image went to which split, and the data file's checksum
     RUN/checkpoints/last/                 model.safetensors, ema.safetensors, state.pt (optimiser, schedule,
                                           RNG), meta.json: what --resume needs
     RUN/eval_<split>[_<checkpoint>]/      report.json, report.md, predictions.csv and the plots
@@ -18,6 +19,7 @@ from typing import Optional
 WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 CARD = "model.json"
+OOD_FEATURES = "ood.safetensors"  # beside the weights: the training images' features the OOD score needs
 STATE = "state.pt"
 META = "meta.json"
 CONFIG = "config.yaml"
@@ -89,6 +91,9 @@ class RunDir:
 
     def card(self, name: str = "best") -> Path:
         return self.checkpoint(name) / CARD
+
+    def ood_features(self, name: str = "best") -> Path:
+        return self.checkpoint(name) / OOD_FEATURES
 
     def state(self, name: str = "last") -> Path:
         return self.checkpoint(name) / STATE

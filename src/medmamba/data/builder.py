@@ -31,7 +31,8 @@ class DataBundle:
         return is_multi_label(self.task)
 
 
-def build_data(cfg: dict, splits=("train", "val", "test")) -> DataBundle:
+def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True) -> DataBundle:
+    """The splits a configuration describes; ``augment`` off reads the training split as evaluation does."""
     d = cfg["data"]
     sources = [k for k in ("medmnist", "folder", "csv") if d.get(k)]
     if d.get("folder") or d.get("csv"):
@@ -41,7 +42,7 @@ def build_data(cfg: dict, splits=("train", "val", "test")) -> DataBundle:
     aug = AugmentConfig(**cfg["augment"])
 
     def transform(split, channels):
-        return build_transform(d["img_size"], channels, split == "train", aug, d["mean"], d["std"])
+        return build_transform(d["img_size"], channels, split == "train" and augment, aug, d["mean"], d["std"])
 
     folds = d.get("folds")
     # With folds, train and val are drawn from the two pooled, each image read with the transform of the

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -157,3 +158,41 @@ def csv_manifest_splits(path: str | os.PathLike, seed: int = 0,
         splits = {k: [samples[i] for i in v] for k, v in idx.items()}
     by_path = dict(zip((p for p, _ in samples), groups)) if groups is not None else None
     return {k: v for k, v in splits.items() if v}, names, by_path
+
+
+def collect_inputs(items: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image paths from files, folders (searched recursively for image and DICOM files) and glob patterns,
+    in a stable order without repeats; plus (item, reason) for each item that names nothing."""
+    found, missing, seen = [], [], set()
+
+    def add(p: Path):
+        key = str(p)
+        if key not in seen:
+            seen.add(key)
+            found.append(key)
+
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                missing.append((str(item), "folder holds no image files"))
+            for p in files:
+                add(p)
+        elif path.is_file():
+            add(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
+            if not matches:
+                missing.append((str(item), "no such file, folder or glob match"))
+            for p in matches:
+                add(p)
+    return found, missing
+
+
+def require_inputs(items: Iterable[str | os.PathLike], purpose: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """``collect_inputs``, raising one DataError (every reason) when it finds no image at all."""
+    paths, missing = collect_inputs(items)
+    if not paths:
+        raise DataError(f"no images to {purpose}: " + "; ".join(f"{p}: {why}" for p, why in missing))
+    return paths, missing

@@ -153,7 +153,8 @@ def explain_files(predictor, inputs, output: str | os.PathLike, target: Optional
                   method: str = "hirescam", overwrite: bool = False, progress: bool = False) -> ExplainResult:
     """For every image ``inputs`` names (files, folders, globs): its map overlaid as ``<name>_<method>.png``
     in ``output``, and ``maps.csv`` listing them. Unreadable images are skipped and listed in ``failures``."""
-    from .inference import failure_reason, require_inputs
+    from ..data.folders import require_inputs
+    from .inference import failure_reason
     k = None if target is None else class_index(target, predictor.classes)
     n_stages = num_stages(predictor.model)
     if not -n_stages <= stage < n_stages:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import os
 import time
@@ -21,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..artifacts.card import ModelCard, read_card
 from ..artifacts.checkpoint import resolve_weights
-from ..artifacts.run_dir import CARD
-from ..data.folders import IMAGE_SUFFIXES, read_image
+from ..artifacts.run_dir import CARD, OOD_FEATURES
+from ..data.folders import read_image, require_inputs
 from ..data.transforms import build_transform
 from ..errors import CheckpointError, DataError
 from ..files import atomic_write_text
@@ -41,44 +40,6 @@ def load_model(path: str | os.PathLike, scan_backend: str = "auto", device=None)
                               f"holds; build it with create_model(name, pretrained=..., num_classes=...) instead")
     model = create_model(card.model, pretrained=weights, scan_backend=scan_backend)
     return model.to(device or "cpu").eval()
-
-
-def collect_inputs(items: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image paths from files, folders (searched recursively for image and DICOM files) and glob patterns,
-    in a stable order without repeats; plus (item, reason) for each item that names nothing."""
-    found, missing, seen = [], [], set()
-
-    def add(p: Path):
-        key = str(p)
-        if key not in seen:
-            seen.add(key)
-            found.append(key)
-
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                missing.append((str(item), "folder holds no image files"))
-            for p in files:
-                add(p)
-        elif path.is_file():
-            add(path)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
-            if not matches:
-                missing.append((str(item), "no such file, folder or glob match"))
-            for p in matches:
-                add(p)
-    return found, missing
-
-
-def require_inputs(items: Iterable[str | os.PathLike], purpose: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """``collect_inputs``, raising one DataError (every reason) when it finds no image at all."""
-    paths, missing = collect_inputs(items)
-    if not paths:
-        raise DataError(f"no images to {purpose}: " + "; ".join(f"{p}: {why}" for p, why in missing))
-    return paths, missing
 
 
 def failure_reason(error: Exception, path: str) -> str:
@@ -123,6 +84,8 @@ class PredictionResult:
     threshold: Optional[float] = None    # binary operating point from the model card: class ``positive``
     positive: int = 1                    # is predicted when its probability reaches ``threshold``
     conformal: Optional[dict] = None     # the card's prediction sets (evaluation.conformal.ConformalSets)
+    ood_scores: Optional[np.ndarray] = None   # each image's out-of-distribution score, with the card's
+    ood_threshold: Optional[float] = None     # threshold: above it, the image is unlike the training images
 
     @property
     def images_per_second(self) -> float:
@@ -137,15 +100,21 @@ class PredictionResult:
             return None
         return set_names(ConformalSets.from_dict(self.conformal).predict(self.probabilities), self.classes)
 
+    def flagged(self) -> Optional[np.ndarray]:
+        """Which images the out-of-distribution score flags (None: the model has no such score)."""
+        return None if self.ood_scores is None else self.ood_scores > self.ood_threshold
+
     def rows(self, name: Callable[[str], str] = str) -> list[list]:
         """One row per image: ``name(path)``, each class's probability, the prediction and, when the card has
-        one calibrated, the prediction set."""
-        sets = self.sets()
+        them, the prediction set and the out-of-distribution score and flag."""
+        sets, flagged = self.sets(), self.flagged()
         return [[name(path), *(f"{p:.6f}" for p in row), label] + ([sets[i]] if sets else [])
+                + ([f"{self.ood_scores[i]:.6g}", bool(flagged[i])] if flagged is not None else [])
                 for i, (path, row, label) in enumerate(zip(self.paths, self.probabilities, self.predicted()))]
 
     def header(self) -> list[str]:
-        return ["path", *(f"prob_{c}" for c in self.classes), "predicted"] + (["set"] if self.sets() else [])
+        return (["path", *(f"prob_{c}" for c in self.classes), "predicted"] + (["set"] if self.sets() else [])
+                + (["ood_score", "ood"] if self.ood_scores is not None else []))
 
     def to_csv(self, name: Callable[[str], str] = str) -> str:
         out = io.StringIO()
@@ -162,7 +131,7 @@ class PredictionResult:
 class Predictor:
     """A model with the preprocessing it was trained with (size, normalisation, channels) and its classes."""
 
-    def __init__(self, model: torch.nn.Module, card: Optional[ModelCard] = None, device=None):
+    def __init__(self, model: torch.nn.Module, card: Optional[ModelCard] = None, device=None, ood=None):
         card = card or getattr(model, "model_card", None) or ModelCard(
             model=type(model).__name__, num_classes=model.num_classes, in_chans=getattr(model, "in_chans", 3))
         self.card = card
@@ -174,11 +143,16 @@ class Predictor:
         self.multi_label = card.multi_label
         self.tta = bool(card.tta)  # as the model was validated: averaged with the mirror
         self.transform = build_transform(self.img_size, self.channels, train=False, mean=card.mean, std=card.std)
+        self.ood = ood  # evaluation.ood.OODDetector, with the training images' features
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, scan_backend: str = "auto", device=None) -> "Predictor":
         model = load_model(path, scan_backend=scan_backend)
-        return cls(model, model.model_card, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        ood = None
+        if model.model_card.ood:
+            from ..evaluation.ood import OODDetector
+            ood = OODDetector.from_card(model.model_card.ood, resolve_weights(path).parent / OOD_FEATURES)
+        return cls(model, model.model_card, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), ood=ood)
 
     def read(self, path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
         """(the image in [0, 1] as read, the model's input for it); DataError naming the file if unreadable."""
@@ -192,6 +166,15 @@ class Predictor:
                                     temperature=self.card.temperature)
         return probs.cpu().numpy()
 
+    @torch.no_grad()
+    def ood_scores(self, images: torch.Tensor) -> Optional[np.ndarray]:
+        """Preprocessed images -> out-of-distribution scores (None when the model has no OOD score)."""
+        if self.ood is None:
+            return None
+        from ..evaluation.ood import pooled_features
+        features, logits = pooled_features(self.model, images.to(self.device))
+        return self.ood.scores(features.cpu().numpy(), logits.cpu().numpy())
+
     def warm_up(self):
         """One tiny forward pass, so JIT compilation is not counted as prediction time."""
         self.predict_batch(torch.zeros(1, self.channels, self.img_size, self.img_size))
@@ -204,7 +187,7 @@ class Predictor:
         self.warm_up()
         loader = DataLoader(_Files(paths, self.read), batch_size=batch_size,
                             num_workers=workers, collate_fn=_collate)
-        done, probs = [], []
+        done, probs, scores = [], [], []
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -213,6 +196,7 @@ class Predictor:
         for index, images, failed in loader:
             if images is not None:
                 probs.append(self.predict_batch(images))
+                scores.append(self.ood_scores(images))
                 done += index
             failures += [(paths[i], reason) for i, reason in failed]
             if bar is not None:
@@ -224,4 +208,6 @@ class Predictor:
                                 probabilities=np.concatenate(probs) if probs else np.zeros((0, len(self.classes))),
                                 classes=self.classes, multi_label=self.multi_label, failures=failures,
                                 seconds=seconds, threshold=self.card.threshold, positive=self.card.positive,
-                                conformal=self.card.conformal)
+                                conformal=self.card.conformal,
+                                ood_scores=np.concatenate(scores) if self.ood is not None and scores else None,
+                                ood_threshold=self.ood.threshold if self.ood is not None else None)

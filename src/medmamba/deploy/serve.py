@@ -121,7 +121,7 @@ class Service:
             except MedMambaError as e:
                 failures.append((Path(f).name, str(e).split(": ", 1)[-1]))
         import torch
-        probs_per_model, good = [], None
+        probs_per_model, good, ood = [], None, None
         for member in members:
             p = member.predictor
             kept, batch, bad = [], [], []
@@ -135,12 +135,15 @@ class Service:
                 good, failures = kept, failures + bad
             probs_per_model.append(p.predict_batch(torch.stack(batch)) if batch else
                                    np.zeros((0, len(p.classes))))
+            if len(members) == 1 and p.ood is not None:
+                ood = p.ood_scores(torch.stack(batch)) if batch else np.zeros(0)
         first = members[0].predictor
         card = first.card if len(members) == 1 else None
         return PredictionResult(paths=good or [], probabilities=np.mean(probs_per_model, axis=0),
                                 classes=first.classes, multi_label=first.multi_label, failures=failures,
                                 threshold=card.threshold if card else None, positive=card.positive if card else 1,
-                                conformal=card.conformal if card else None)
+                                conformal=card.conformal if card else None, ood_scores=ood,
+                                ood_threshold=first.ood.threshold if ood is not None else None)
 
     def activation_map(self, path: str, choice: Optional[str], target: Optional[str], opacity: float) -> np.ndarray:
         """HiResCAM overlay of one uploaded image for class ``target`` (default: the prediction)."""
@@ -169,7 +172,7 @@ def build_app(models: list[ServedModel], upload_dir: Path):
     def run(files, choice):
         if not files:
             return (gr.update(value=None), "Upload one or more images first.", None, gr.update(choices=[], value=None),
-                    {}, "", "", None, [])
+                    {}, "", "", "", None, [])
         result = service.predict([getattr(f, "name", f) for f in files], choice)
         csv_path = Path(tempfile.mkdtemp(dir=upload_dir)) / "predictions.csv"
         csv_path.write_text(result.to_csv(_display_name))
@@ -180,18 +183,29 @@ def build_app(models: list[ServedModel], upload_dir: Path):
                                                                 if result.failures else "."))
         names = [Path(p).name for p in result.paths]
         sets = result.sets() or [""] * len(names)
-        state = list(zip(names, result.paths, [r.tolist() for r in result.probabilities], result.predicted(), sets))
+        scores = result.ood_scores.tolist() if result.ood_scores is not None else [None] * len(names)
+        state = [(name, path, row.tolist(), label, s, score, result.ood_threshold) for name, path, row, label, s, score
+                 in zip(names, result.paths, result.probabilities, result.predicted(), sets, scores)]
         shown = names[0] if names else None
-        label, predicted, prediction_set, overlay_image = details(state, shown, choice, "predicted", 0.45)
+        label, predicted, prediction_set, badge, overlay_image = details(state, shown, choice, "predicted", 0.45)
         return (gr.update(value=rows, headers=["file", *result.header()[1:]]), message, str(csv_path),
-                gr.update(choices=names, value=shown), label, predicted, prediction_set, overlay_image, state)
+                gr.update(choices=names, value=shown), label, predicted, prediction_set, badge, overlay_image, state)
 
     def details(state, shown, choice, target, opacity):
-        for name, path, probs, predicted, prediction_set in state or []:
+        for name, path, probs, predicted, prediction_set, score, threshold in state or []:
             if name == shown:
                 image = service.activation_map(path, choice, target, opacity)
-                return dict(zip(first.classes, probs)), predicted, set_text(prediction_set, choice), image
-        return {}, "", "", None
+                return (dict(zip(first.classes, probs)), predicted, set_text(prediction_set, choice),
+                        ood_badge(score, threshold), image)
+        return {}, "", "", "", None
+
+    def ood_badge(score, threshold) -> str:
+        if score is None:
+            return "No out-of-distribution score for this model."
+        if score > threshold:
+            return (f"### ⚠ Out of distribution\nThis image is unlike the images the model was trained on (score "
+                    f"{score:.3g} > {threshold:.3g}): its answer should not be trusted.")
+        return f"In distribution: like the training images (score {score:.3g} ≤ {threshold:.3g})."
 
     def set_text(prediction_set: str, choice) -> str:
         card = service._members(choice)[0].predictor.card if len(service._members(choice)) == 1 else None
@@ -212,9 +226,11 @@ def build_app(models: list[ServedModel], upload_dir: Path):
         result = service.predict([getattr(file, "name", file)], choice)
         if result.failures:
             raise gr.Error(f"{result.failures[0][0]}: {result.failures[0][1]}")
-        sets = result.sets()
+        sets, flagged = result.sets(), result.flagged()
         return {"probabilities": dict(zip(result.classes, map(float, result.probabilities[0]))),
-                "predicted": result.predicted()[0], **({"set": sets[0].split("|")} if sets else {})}
+                "predicted": result.predicted()[0], **({"set": sets[0].split("|")} if sets else {}),
+                **({"ood_score": float(result.ood_scores[0]), "out_of_distribution": bool(flagged[0])}
+                   if flagged is not None else {})}
 
     with gr.Blocks(title="MedMamba") as demo:
         gr.Markdown("# MedMamba\nDrop scans below (PNG, JPEG, TIFF 8/16-bit, DICOM), then **Predict**. "
@@ -241,12 +257,13 @@ def build_app(models: list[ServedModel], upload_dir: Path):
                     overlay_image = gr.Image(label="HiResCAM", type="numpy", elem_id="overlay")
                 predicted = gr.Textbox(label="Predicted class", elem_id="predicted", interactive=False)
                 prediction_set = gr.Textbox(label="Prediction set", elem_id="set", interactive=False)
+                badge = gr.Markdown(elem_id="ood")
         state = gr.State([])
         button.click(run, [files, choice], [table, message, download, shown, probs, predicted, prediction_set,
-                                            overlay_image, state], api_name=False)
+                                            badge, overlay_image, state], api_name=False)
         for control in (shown, target, opacity):
             control.change(details, [state, shown, choice, target, opacity],
-                           [probs, predicted, prediction_set, overlay_image], api_name=False)
+                           [probs, predicted, prediction_set, badge, overlay_image], api_name=False)
         choice.change(card, choice, model_card, api_name=False)
         # The HTTP API (gradio_client): one image in, JSON out; hidden components give it typed parameters.
         with gr.Row(visible=False):

@@ -110,14 +110,15 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
              overrides: Sequence[str] = (), sensitivity: Optional[float] = None, positive_class=None,
              n_resamples: int = 1000, seed: int = 0, warnings: Sequence[str] = (), overwrite: bool = False,
              write: bool = True, device=None, progress: bool = False, coverage: Optional[float] = None,
-             conformal: str = "aps") -> Evaluation:
+             conformal: str = "aps", ood: Optional[Sequence[str]] = None) -> Evaluation:
     """Evaluate one training run, or the ensemble of several (probabilities averaged), on ``split``.
 
     ``runs``: training output folders (or ``runs.LoadedRun`` objects held in memory, as the Trainer passes);
     ``checkpoint``: best, last, or a weights file (one run). The report (``reports.assess``: metrics with
     ``n_resamples`` bootstrap intervals, calibration before and after each run's temperature, the binary
     operating point: see ``operating_point``, prediction sets: see ``prediction_sets``, selective prediction,
-    and ``warnings`` plus any this evaluation finds) is written with per-image predictions and plots to ``output`` (default RUN/eval_<split>_<checkpoint>), unless
+    the share flagged out of distribution and, with ``ood`` (image files/folders, or a MedMNIST subset's test
+    split), how well the score tells those images from these; and ``warnings`` plus any this evaluation finds) is written with per-image predictions and plots to ``output`` (default RUN/eval_<split>_<checkpoint>), unless
     ``write`` is off. An existing report is never replaced without ``overwrite``; every refusal comes
     before anything is loaded or written."""
     from .calibration import single_class_share
@@ -143,6 +144,11 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
     report = assess(outputs.labels, outputs.probs, data.task, data.classes, uncalibrated=outputs.plain,
                     temperature=temperatures[0] if len(used) == 1 else None, threshold=threshold, positive=positive,
                     n_resamples=n_resamples, seed=seed, warnings=warnings, conformal=sets)
+    if outputs.ood_scores is not None:
+        report["ood"] = ood_summary(outputs, ood, device)
+    elif ood:
+        raise MedMambaError("--ood: this model has no out-of-distribution score (train with ood: mahalanobis, or "
+                            "evaluate one run, not an ensemble)")
     result = Evaluation(report, outputs)
     if out is not None:
         one = len(used) == 1
@@ -152,6 +158,37 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
                                     _title(outputs, split, checkpoint), data.name, extra=extra)
         result.paths["predictions"] = write_predictions(out / PREDICTIONS, outputs, threshold, positive, sets)
     return result
+
+
+def ood_summary(outputs: RunOutputs, other=None, device=None) -> dict:
+    """The share of the evaluated images the OOD score flags and, for ``other`` images (files, folders or a
+    MedMNIST subset's test split), the AUROC and FPR at 95% TPR of telling them from the evaluated ones."""
+    from .ood import dataset_scores, separation
+    run = outputs.used[0]
+    detector = run.ood
+    out = {**detector.card_entry(), "flagged": float(detector.flags(outputs.ood_scores).mean()),
+           "n": int(len(outputs.ood_scores))}
+    if other:
+        dataset, name = _ood_images(other, run)
+        scores = dataset_scores(detector, run.model, dataset, run.cfg["eval_batch_size"], device)
+        out["check"] = {"against": name, **separation(outputs.ood_scores, scores),
+                        "flagged_there": float(detector.flags(scores).mean())}
+    return out
+
+
+def _ood_images(other: Sequence[str], run: LoadedRun):
+    """(dataset, description) of the images an OOD check compares with, read as the run reads its own."""
+    from ..data import MedMNIST, build_transform, medmnist_subsets
+    d = run.cfg["data"]
+    transform = build_transform(d["img_size"], run.data.channels, False, mean=d["mean"], std=d["std"])
+    if len(other) == 1 and str(other[0]).lower() in medmnist_subsets():
+        name = str(other[0]).lower()
+        return MedMNIST(name, "test", d["root"], d["size"], transform), f"{name} (test split)"
+    from ..data.folders import ImageListDataset
+    from ..data.folders import require_inputs
+    paths, _ = require_inputs(other, "compare with (--ood)")
+    return ImageListDataset([(p, 0) for p in paths], ["other"], run.data.channels, transform), \
+        f"{len(paths)} images from {', '.join(map(str, other))}"
 
 
 def write_predictions(path: Path, outputs: RunOutputs, threshold: Optional[float] = None, positive: int = 1,
@@ -167,12 +204,15 @@ def write_predictions(path: Path, outputs: RunOutputs, threshold: Optional[float
         [names[int(y)] for y in outputs.labels]
     predicted = predicted_names(outputs.probs, names, data.multi_label, threshold, positive)
     members = set_names(sets.predict(outputs.probs), names) if sets is not None else None
+    scores = outputs.ood_scores
+    flags = outputs.used[0].ood.flags(scores) if scores is not None else None
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "label", *(f"prob_{n}" for n in names), "predicted"]
-                   + (["set"] if members else []) + ["correct"])
+        w.writerow(["image", "label", *(f"prob_{n}" for n in names), "predicted"] + (["set"] if members else [])
+                   + (["ood_score", "ood"] if scores is not None else []) + ["correct"])
         for i, (image, y, p, shown) in enumerate(zip(sample_ids(outputs.dataset), truth, outputs.probs, predicted)):
-            w.writerow([image, y, *(f"{v:.6f}" for v in p), shown] + ([members[i]] if members else []) + [y == shown])
+            w.writerow([image, y, *(f"{v:.6f}" for v in p), shown] + ([members[i]] if members else [])
+                       + ([f"{scores[i]:.6g}", bool(flags[i])] if scores is not None else []) + [y == shown])
     return path
 
 

@@ -90,6 +90,16 @@ def conformal_text(c: dict) -> str:
             f"empty {c['empty']:.1%}")
 
 
+def ood_text(o: dict) -> str:
+    text = (f"Out-of-distribution score ({o['method']}; threshold {o['threshold']:.4g} lets {o['tpr']:.0%} of the "
+            f"validation images pass): {o['flagged']:.1%} of these {o['n']} images flagged")
+    if "check" in o:
+        c = o["check"]
+        text += (f"\nAgainst {c['against']}: AUROC {c['auroc']:.4f}, FPR at 95% TPR {c['fpr_at_95_tpr']:.4f}, "
+                 f"{c['flagged_there']:.1%} of those flagged")
+    return text
+
+
 def selective_text(s: dict) -> str:
     return (f"Selective prediction: referring the least confident {s['referred']:.0%} to a person, accuracy on the "
             f"other {s['kept']} images {_fmt(s['accuracy_kept'])} (all {s['n']}: {_fmt(s['accuracy_all'])}); "
@@ -139,6 +149,8 @@ def summary_text(report: dict) -> str:
         parts += ["", conformal_text(report["conformal"])]
     if report.get("selective"):
         parts += ["", selective_text(report["selective"])]
+    if "ood" in report:
+        parts += ["", ood_text(report["ood"])]
     parts += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(parts)
 
@@ -184,6 +196,8 @@ def write_report(out_dir: str | os.PathLike, report: dict, labels, probs, class_
     if report.get("selective"):
         md += ["## Selective prediction", "", selective_text(report["selective"]), "",
                f"![risk-coverage]({paths['risk_coverage'].name})", ""]
+    if "ood" in report:
+        md += ["## Out of distribution", "", ood_text(report["ood"]).replace("\n", "  \n"), ""]
     if dataset_name in PUBLISHED:
         md += ["Published results on the same test split (MedMNIST's ACC/AUC rules):", "",
                published_table(dataset_name, m), ""]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..artifacts.card import ModelCard, read_card
-from ..artifacts.run_dir import RunDir
+from ..artifacts.run_dir import OOD_FEATURES, RunDir
 from ..errors import MedMambaError
 from .prediction import predict_logits, probabilities_from_logits
 
@@ -43,6 +43,7 @@ class LoadedRun:
     card: Optional[ModelCard]
     weights: Path
     data: object                 # data.builder.DataBundle; splits are added as they are needed
+    ood: object = None           # ood.OODDetector of the card, with its training features
 
     def dataset(self, split: str):
         if split not in self.data.splits:
@@ -70,7 +71,11 @@ def load_run(run: str | os.PathLike, splits=("test",), checkpoint: str = "best",
         check_split_record(json.loads(run.split.read_text()), cfg, data, run.split)
     model = build_model(cfg, data.num_classes, data.channels)
     load_checkpoint(model, weights, new_head_ok=False)
-    return LoadedRun(model, cfg, card, weights, data)
+    ood = None
+    if card is not None and card.ood:
+        from .ood import OODDetector
+        ood = OODDetector.from_card(card.ood, weights.parent / OOD_FEATURES)
+    return LoadedRun(model, cfg, card, weights, data, ood)
 
 
 @dataclass
@@ -82,6 +87,7 @@ class RunOutputs:
     data: object                 # the DataBundle the split belongs to
     dataset: object              # the split itself
     used: list                   # the LoadedRun of each run
+    ood_scores: Optional[np.ndarray] = None   # one run with an OOD score: each image's
 
 
 def run_predictions(run: LoadedRun, split: str, device=None, progress: bool = False) -> RunOutputs:
@@ -94,8 +100,12 @@ def run_predictions(run: LoadedRun, split: str, device=None, progress: bool = Fa
     logits = torch.from_numpy(logits)
     multi_label = run.data.multi_label
     temperature = run.card.temperature if run.card is not None else None
+    ood_scores = None
+    if run.ood is not None:
+        from .ood import dataset_scores
+        ood_scores = dataset_scores(run.ood, run.model, dataset, cfg["eval_batch_size"], device)
     return RunOutputs(labels, probabilities_from_logits(logits, multi_label, temperature).numpy(),
-                      probabilities_from_logits(logits, multi_label).numpy(), run.data, dataset, [run])
+                      probabilities_from_logits(logits, multi_label).numpy(), run.data, dataset, [run], ood_scores)
 
 
 def run_outputs(runs, split: str = "test", checkpoint: str = "best", overrides=(), device=None,

@@ -291,16 +291,26 @@ class Trainer:
 
 
 def calibrate_and_test(trainer: Trainer, split: str = "test") -> Evaluation:
-    """Fit the temperature (and, with ``sensitivity``, the threshold) on the validation split into the best
-    checkpoint's card; then, and only then, evaluate it on ``split`` into RUN/eval_<split>."""
+    """Fit on the validation split, into the best checkpoint's card, the temperature, the binary threshold
+    (``sensitivity``), the prediction sets (``coverage``) and the OOD score's threshold (``ood``, on the
+    training images' features); then, and only then, evaluate it on ``split`` into RUN/eval_<split>."""
     model, cfg, run, data = trainer.best_model(), trainer.cfg, trainer.run, trainer.data
     card = calibrate_card(model, data.splits["val"], trainer.model_card(), cfg, data.multi_label, trainer.positive,
                           trainer.device)
+    detector = None
+    if cfg["ood"]:
+        from ..evaluation.ood import fit_for_run
+        plain_train = build_data(cfg, splits=("train",), augment=False).splits["train"]
+        detector = fit_for_run(model, cfg, plain_train, data.splits["val"], card.temperature, trainer.device)
+        card.ood = detector.card_entry()
     if dist_utils.is_main() and run.weights("best").is_file():
         write_card(card, run.card("best"))
+        if detector is not None:
+            detector.save_bank(run.ood_features("best"))
     data = copy.copy(data)
     data.splits = dict(data.splits)  # the test split joins a copy: the trainer never holds it
-    result = evaluate(LoadedRun(model, cfg, card, run.weights("best"), data), split, output=run.eval_dir(split),
+    result = evaluate(LoadedRun(model, cfg, card, run.weights("best"), data, detector), split,
+                      output=run.eval_dir(split),
                       overwrite=True, n_resamples=cfg["bootstrap"], seed=cfg["seed"],
                       warnings=trainer.state.warnings, write=dist_utils.is_main(), device=trainer.device)
     record_split(run, cfg, data)
