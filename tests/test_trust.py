@@ -112,3 +112,56 @@ def test_report_has_sets_and_selective_prediction(tmp_path):
     assert "Selective prediction: referring the least confident 10% to a person" in text
     paths = write_report(tmp_path / "r", report, labels[200:], probs[200:], ["a", "b", "c"], "t")
     assert paths["risk_coverage"].stat().st_size > 1000 and "## Prediction sets" in paths["md"].read_text()
+
+
+def features_of(n, far=False, seed=0, dim=16):
+    """Features as a network gives them: most of their variation in a few directions (other directions for
+    'far' images), the two classes apart along one of them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    feats = 0.05 * rng.normal(size=(n, dim)).astype(np.float32)
+    used = slice(3, 6) if far else slice(0, 3)
+    feats[:, used] += rng.normal(size=(n, 3)) + 2
+    feats[:, 0] += 3 * labels
+    logits = np.stack([-feats[:, 0], feats[:, 0]], 1)
+    return feats, logits, labels
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
+def test_ood_detector_threshold_flags_and_reloads(tmp_path, method):
+    from medmamba.evaluation.ood import OODDetector, fit_detector, separation
+    train, val, test = features_of(400, seed=1), features_of(200, seed=2), features_of(200, seed=3)
+    far = features_of(200, far=True, seed=4)
+    detector = fit_detector(method, train, val[:2], tpr=0.95, k=10)
+    val_scores = detector.scores(*val[:2])
+    assert np.mean(~detector.flags(val_scores)) == pytest.approx(0.95, abs=0.01)  # 95% of validation passes
+    s_in, s_out = detector.scores(*test[:2]), detector.scores(*far[:2])
+    check = separation(s_in, s_out)
+    assert check["auroc"] > 0.95 and check["fpr_at_95_tpr"] < 0.1 and detector.flags(s_out).mean() > 0.9
+    assert 0.85 < 1 - detector.flags(s_in).mean() <= 1.0
+    detector.save_bank(tmp_path / "ood.safetensors")
+    again = OODDetector.from_card(detector.card_entry(), tmp_path / "ood.safetensors")
+    np.testing.assert_allclose(again.scores(*far[:2]), s_out, rtol=1e-5)
+    with pytest.raises(MedMambaError, match="needs its training features"):
+        OODDetector.from_card(detector.card_entry(), tmp_path / "missing.safetensors")
+
+
+def test_ood_separation_by_hand():
+    from medmamba.evaluation.ood import separation
+    out = separation(np.arange(20.0), np.array([25.0, 30.0, 5.0, 19.5]))
+    # 95% of in-distribution scores are <= 19 (the "higher" 95th percentile of 0..19): 1 of 4 others passes
+    assert out["fpr_at_95_tpr"] == 0.25 * 1 and out["n_in"] == 20
+    assert out["auroc"] == pytest.approx((20 + 20 + 5.5 + 20) / (20 * 4))  # a tie counts half
+
+
+def test_overlay_shows_an_image_that_uses_a_sliver_of_its_range():
+    import torch
+
+    from medmamba.deploy.explain import display_window, overlay
+    rng = np.random.default_rng(0)
+    dim = torch.from_numpy(rng.integers(0, 3, (1, 40, 40)) / 255.0).float()  # a JPEG using values 0-2 of 255
+    shown = overlay(dim, torch.zeros(40, 40), alpha=0.0, min_size=40)
+    assert shown.max() - shown.min() >= 250  # black to white on screen, not black over black
+    assert torch.equal(display_window(torch.full((1, 8, 8), 0.3)), torch.full((1, 8, 8), 0.3))
+    full = torch.linspace(0, 1, 10001).reshape(1, 1, -1)
+    assert torch.allclose(display_window(full, 0, 100), full)

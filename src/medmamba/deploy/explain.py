@@ -107,13 +107,23 @@ def _capture_stage_map(model, stage: int, captured: dict):
     return model.get_submodule(name).register_forward_hook(keep_output)
 
 
+def display_window(image: torch.Tensor, low: float = 1.0, high: float = 99.0) -> torch.Tensor:
+    """``image`` (values in [0, 1]) stretched so that its ``low``-th to ``high``-th percentile fill [0, 1]:
+    a 12-bit X-ray in a 16-bit PNG, or a JPEG using values 0-2 of 255, becomes visible. For display only;
+    the model's input is not changed. An image of one value is left as it is."""
+    lo, hi = torch.quantile(image.flatten().float(), torch.tensor([low / 100, high / 100])).tolist()
+    if hi - lo < 1e-6:
+        return image
+    return ((image - lo) / (hi - lo)).clamp(0, 1)
+
+
 def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.45,
             min_size: int = 256) -> np.ndarray:
     """The map in the 'jet' colour scale blended over the image: (H, W, 3) uint8. ``image`` is (C, H, W) or
-    (H, W) in [0, 1]; the map is resized to it. Small images (MedMNIST's 28 px) are enlarged to
-    ``min_size`` on their short side so that the map can be seen."""
+    (H, W) in [0, 1], shown through ``display_window``; the map is resized to it. Small images (MedMNIST's
+    28 px) are enlarged to ``min_size`` on their short side so that the map can be seen."""
     from matplotlib import colormaps
-    image = torch.as_tensor(image, dtype=torch.float32)
+    image = display_window(torch.as_tensor(image, dtype=torch.float32))
     image = image[None] if image.dim() == 2 else image
     short = min(image.shape[-2:])
     if short < min_size:
