@@ -7,7 +7,7 @@ from PIL import Image
 from medmamba import create_model
 from medmamba.artifacts.checkpoint import save_pretrained
 from medmamba.cli import main
-from medmamba.deploy.explain import class_activation_map, overlay
+from medmamba.evaluation.cam import class_activation_map, overlay
 
 SIZE, CORNER = 32, 10
 

@@ -125,17 +125,27 @@ def test_page_in_a_real_browser(server, images, tmp_path):
             assert abs(float(cells[1]) - float(want["prob_malignant"])) <= 1e-4
             assert abs(float(cells[2]) - float(want["prob_normal, benign"])) <= 1e-4
             assert cells[3] == want["predicted"]
+            assert cells[4] == want["set"] and abs(float(cells[5]) - float(want["ood_score"])) <= 1e-3 * max(
+                1.0, abs(float(want["ood_score"])))
+            assert cells[6] == want["ood"]
         # the garbage upload is one clear message; the overlay of the first image appears
         message = page.inner_text("#message")
         assert "garbage.png" in message and "not a readable image" in message and str(images) not in message
         assert page.locator("#overlay img").get_attribute("src")
-        assert page.locator("#predicted textarea").input_value() == expected[sorted(expected)[0]]["predicted"]
+        first = expected[sorted(expected)[0]]
+        assert page.locator("#predicted textarea").input_value() == first["predicted"]
+        # the prediction set and the out-of-distribution badge of the image shown
+        assert page.locator("#set textarea").input_value().startswith(first["set"].replace("|", " | ") + ":")
+        badge = page.inner_text("#ood")
+        assert ("Out of distribution" in badge) == (first["ood"] == "True") and "score" in badge
         # the CSV download equals predict's CSV (paths shown as the uploaded files' names)
         href = page.locator("#csv a").first.get_attribute("href")
         downloaded = list(csv.DictReader(io.StringIO(page.request.get(href).text())))
         assert [{**r, "path": Path(r["path"]).name} for r in downloaded] == \
             [{**expected[n], "path": n} for n in sorted(expected)]
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        if os.environ.get("MEDMAMBA_SCREENSHOT"):  # docs/ keeps one, taken by this test
+            page.screenshot(path=os.environ["MEDMAMBA_SCREENSHOT"], full_page=True)
         # a good upload after the garbage one still works
         page.locator("#upload button[aria-label='Clear']").first.click()
         page.locator("#upload input[type=file]").set_input_files([str(images / "case3.png")])

@@ -49,6 +49,9 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
     assert rows[0]["image"] == "breastmnist.npz:test[0]" and {r["label"] for r in rows} <= {"malignant", "normal, benign"}
     right = sum(r["correct"] == "True" for r in rows)
     assert right / 40 == pytest.approx(report["metrics"]["accuracy"])
+    assert right < 40 and (run.eval_dir("test") / "errors.png").stat().st_size > 5000  # the mistakes, shown
+    assert (run.eval_dir("test") / "risk_coverage.png").is_file() and "## Selective prediction" in (
+        run.eval_dir("test") / "report.md").read_text()
     # the run's own record of its split, checked whenever its data is read again
     record = json.loads(run.split.read_text())
     assert record["data"]["source"] == "medmnist" and len(record["data"]["sha256"]) == 64

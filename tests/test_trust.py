@@ -157,7 +157,7 @@ def test_ood_separation_by_hand():
 def test_overlay_shows_an_image_that_uses_a_sliver_of_its_range():
     import torch
 
-    from medmamba.deploy.explain import display_window, overlay
+    from medmamba.evaluation.cam import display_window, overlay
     rng = np.random.default_rng(0)
     dim = torch.from_numpy(rng.integers(0, 3, (1, 40, 40)) / 255.0).float()  # a JPEG using values 0-2 of 255
     shown = overlay(dim, torch.zeros(40, 40), alpha=0.0, min_size=40)

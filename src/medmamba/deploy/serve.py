@@ -148,7 +148,7 @@ class Service:
     def activation_map(self, path: str, choice: Optional[str], target: Optional[str], opacity: float) -> np.ndarray:
         """HiResCAM overlay of one uploaded image for class ``target`` (default: the prediction)."""
         from ..artifacts.card import class_index
-        from .explain import class_activation_map, overlay
+        from ..evaluation.cam import class_activation_map, overlay
         member = self._members(choice)[0]   # an ensemble's map is its first model's
         p = member.predictor
         image, x = p.read(str(self.uploaded(path)))
@@ -176,7 +176,8 @@ def build_app(models: list[ServedModel], upload_dir: Path):
         result = service.predict([getattr(f, "name", f) for f in files], choice)
         csv_path = Path(tempfile.mkdtemp(dir=upload_dir)) / "predictions.csv"
         csv_path.write_text(result.to_csv(_display_name))
-        rows = [[row[0], *[round(float(v), 6) for v in row[1:1 + len(result.classes)]], *row[1 + len(result.classes):]]
+        k = len(result.classes)
+        rows = [[row[0], *[round(float(v), 6) for v in row[1:1 + k]], *map(str, row[1 + k:])]
                 for row in result.rows(_display_name)]
         errors = "\n".join(f"- **{name}**: {reason}" for name, reason in result.failures)
         message = (f"{len(result.paths)} image(s) predicted" + (f"; {len(result.failures)} not read:\n\n{errors}"

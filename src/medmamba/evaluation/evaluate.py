@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..artifacts.card import class_index
-from ..artifacts.run_dir import PREDICTIONS, RunDir
+from ..artifacts.run_dir import ERRORS_PNG, PREDICTIONS, RunDir
 from ..errors import MedMambaError
 from ..files import atomic_path, refuse_existing
 from .runs import CHECKPOINT_NAMES, LoadedRun, RunOutputs, run_outputs
@@ -157,6 +157,10 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
         result.paths = write_report(out, report, outputs.labels, outputs.probs, data.classes,
                                     _title(outputs, split, checkpoint), data.name, extra=extra)
         result.paths["predictions"] = write_predictions(out / PREDICTIONS, outputs, threshold, positive, sets)
+        if not data.multi_label:
+            errors = write_errors(out / ERRORS_PNG, outputs, device)
+            if errors is not None:
+                result.paths["errors"] = errors
     return result
 
 
@@ -189,6 +193,33 @@ def _ood_images(other: Sequence[str], run: LoadedRun):
     paths, _ = require_inputs(other, "compare with (--ood)")
     return ImageListDataset([(p, 0) for p in paths], ["other"], run.data.channels, transform), \
         f"{len(paths)} images from {', '.join(map(str, other))}"
+
+
+def write_errors(path: Path, outputs: RunOutputs, device=None, most: int = 8) -> Optional[Path]:
+    """errors.png: the ``most`` most confident wrong predictions, each image (through a display window) under
+    the HiResCAM map of the class the model gave it, with its true and predicted label; None when every
+    prediction was right. An ensemble's maps are its first model's."""
+    from .cam import class_activation_map, overlay
+    from .plots import plot_gallery
+    labels, probs = np.asarray(outputs.labels).reshape(-1).astype(int), outputs.probs
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    if not len(wrong):
+        return None
+    chosen = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:most]
+    run, names = outputs.used[0], [str(c) for c in outputs.data.classes]
+    mean, std = run.cfg["data"]["mean"], run.cfg["data"]["std"]
+    model = run.model.to(device or next(run.model.parameters()).device)
+    panels = []
+    for i in chosen:
+        x = outputs.dataset[int(i)][0][None].to(next(model.parameters()).device)
+        predicted = int(probs[i].argmax())
+        cam = class_activation_map(model, x, target=predicted)
+        image = (x[0].detach().cpu() * std + mean).clamp(0, 1)
+        panels.append((overlay(image, cam.maps[0].detach().cpu()),
+                       f"true {names[labels[i]]}\npredicted {names[predicted]} (p {probs[i, predicted]:.2f})"))
+    ensemble = " (maps: the first model's)" if len(outputs.used) > 1 else ""
+    plot_gallery(panels, path, f"The {len(panels)} most confident mistakes of {len(wrong)}{ensemble}")
+    return path
 
 
 def write_predictions(path: Path, outputs: RunOutputs, threshold: Optional[float] = None, positive: int = 1,

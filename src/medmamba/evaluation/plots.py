@@ -1,4 +1,4 @@
-"""Report figures (confusion matrix, ROC, reliability, risk-coverage), written as PNG.
+"""Report figures (confusion matrix, ROC, reliability, risk-coverage, galleries of images), written as PNG.
 
 Drawn on ``matplotlib.figure.Figure`` objects, not through pyplot: no global backend is chosen or changed
 and no figure is left open, whatever the caller (a notebook, a server) has set up.
@@ -98,3 +98,18 @@ def plot_risk_coverage(labels, probs, path, title=""):
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_gallery(panels, path, title="", columns: int = 4):
+    """Images (H, W, 3 uint8) with a caption each, in a grid."""
+    rows = max(1, -(-len(panels) // columns))
+    fig = Figure(figsize=(2.6 * columns, 2.9 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.flat, panels):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
