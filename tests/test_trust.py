@@ -165,3 +165,75 @@ def test_overlay_shows_an_image_that_uses_a_sliver_of_its_range():
     assert torch.equal(display_window(torch.full((1, 8, 8), 0.3)), torch.full((1, 8, 8), 0.3))
     full = torch.linspace(0, 1, 10001).reshape(1, 1, -1)
     assert torch.allclose(display_window(full, 0, 100), full)
+
+
+def write_folder(root, n=12, dim_share=0.0, seed=0):
+    """An image folder of two classes; ``dim_share`` of the images use values 0-2 of 255 only."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c, cls in enumerate(("benign", "malignant")):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            top = 3 if i < dim_share * n else 256
+            pixels = rng.integers(0, top, (20, 20)).astype(np.uint8)
+            pixels[5:10, 5:10] = min(255, 40 * c + 100) if top == 256 else 2 * c
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+
+
+def test_data_look_counts_sizes_slivers_duplicates_and_unreadable_files(tmp_path, capsys):
+    from medmamba.cli import main
+    from medmamba.config import load_config
+    from medmamba.data.builder import build_data
+    from medmamba.data.look import look_at
+    write_folder(tmp_path / "scans", dim_share=0.5)
+    (tmp_path / "scans" / "benign" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cfg = load_config(None, [f"data.folder={tmp_path / 'scans'}", "data.channels=1"])
+    look = look_at(build_data(cfg, augment=False))
+    assert sum(sum(c.values()) for c in look.counts.values()) == 25 and look.sizes == {(20, 20): 24}
+    assert look.unreadable == [(str(tmp_path / "scans" / "benign" / "broken.png"), look.unreadable[0][1])]
+    assert "not a readable image" in look.unreadable[0][1]
+    assert look.narrow_share == pytest.approx(0.5) and any("data.normalize=image" in w for w in look.warnings())
+    assert main(["data", f"data.folder={tmp_path / 'scans'}", "data.channels=1"]) == 0
+    out = capsys.readouterr().out
+    assert "| benign |" in out and "unreadable files: 1" in out and "broken.png" in out
+    # the same pixels in two splits are named
+    import shutil
+    shutil.copy(tmp_path / "scans" / "benign" / "0.png", tmp_path / "scans" / "benign" / "copy.png")
+    look = look_at(build_data(cfg, augment=False))
+    if look.duplicates:  # the copy landed in another split than its original
+        assert any("0.png" in i for group in look.duplicates for _, i in group)
+    split_of = {p: s for s, ds in build_data(cfg, augment=False).splits.items() for p, _ in ds.samples}
+    one, two = str(tmp_path / "scans" / "benign" / "0.png"), str(tmp_path / "scans" / "benign" / "copy.png")
+    assert bool(look.duplicates) == (split_of[one] != split_of[two])
+
+
+def test_per_image_normalisation_stretches_dim_images_for_the_model():
+    import torch
+
+    from medmamba.data.transforms import build_transform
+    dim = torch.randint(0, 3, (1, 16, 16), dtype=torch.uint8)
+    plain = build_transform(16, 1, False, mean=0.5, std=0.5)(dim)
+    stretched = build_transform(16, 1, False, mean=0.5, std=0.5, normalize="image")(dim)
+    assert plain.max() - plain.min() < 0.05 and stretched.max() - stretched.min() > 1.9
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("pytorch_ood"), reason="pytorch-ood not installed")
+def test_unreadable_file_is_left_out_before_training_or_refused(tmp_path):
+    import json
+
+    from medmamba import evaluate, train
+    from medmamba.config import load_config
+    write_folder(tmp_path / "scans", n=16)
+    broken = tmp_path / "scans" / "malignant" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    base = [f"data.folder={tmp_path / 'scans'}", "data.channels=1", "data.img_size=16", "epochs=1", "batch_size=8",
+            "model_args={depths: [1, 1], dims: [8, 16]}", "bootstrap=0", "tensorboard=false", "ood=knn"]
+    with pytest.raises(MedMambaError, match="1 unreadable file.*data.unreadable=refuse.*broken.png"):
+        train(load_config(None, base + ["data.unreadable=refuse"]), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()  # refused before anything was written
+    result = train(load_config(None, base), tmp_path / "run", progress=False)
+    assert any("1 unreadable file(s) left out" in w and "broken.png" in w for w in result["assessment"]["warnings"])
+    record = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert record["left_out"] == [str(broken)] and not any("broken" in i for s in record["splits"].values() for i in s)
+    again = evaluate(tmp_path / "run", "test", write=False)  # reads the data again, the file still broken
+    assert again.metrics["n"] == result["test"]["n"]

@@ -60,6 +60,16 @@ def _config(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from .config import load_config
+    from .data.builder import build_data
+    from .data.look import look_at, look_text
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    look = look_at(build_data(load_config(args.config, overrides), augment=False), progress=True)
+    print(look_text(look))
+    return 0
+
+
 def _train(args) -> int:
     from .config import load_config
     from .evaluation.reports import PUBLISHED, published_table, summary_text
@@ -298,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=8)
     demo.add_argument("--backend", default="auto", help="selective-scan backend (see `medmamba info`)")
     demo.set_defaults(func=_demo)
+
+    data = sub.add_parser("data", help="a look at the data a configuration names: images per split and class, "
+                          "sizes, intensity range, duplicates across splits, unreadable files")
+    data.add_argument("--config", help="YAML config (the data keys: `medmamba config`)")
+    data.add_argument("--data-root", help=f"MedMNIST data root (default: ${DATA_ENV})")
+    data.add_argument("overrides", nargs="*", help="config overrides, e.g. data.folder=scans/ data.normalize=image")
+    data.set_defaults(func=_data)
 
     train = sub.add_parser("train", help="train (and test) MedMamba; torchrun-compatible")
     add_run_options(train, "output folder (never overwritten unless --overwrite)", config=True)

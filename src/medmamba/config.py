@@ -128,6 +128,11 @@ SCHEMA: dict[str, Any] = {
         "channels": choice(None, "model input channels; null: the dataset's own", (1, 3), optional=True),
         "mean": number(PREPROCESSING.mean, "normalisation: (x - mean) / std, x in [0, 1], the same for every channel"),
         "std": number(PREPROCESSING.std, "normalisation std", 0, lo_open=True),
+        "normalize": choice(PREPROCESSING.normalize, "image: stretch each image from its 1st to its 99th percentile "
+                            "before mean/std (images that use a sliver of their range); none: as stored",
+                            ("none", "image")),
+        "unreadable": choice("skip", "files that cannot be read, found before training: skip (left out, listed) or "
+                             "refuse (the run does not start)", ("skip", "refuse")),
         "num_workers": integer(0, "data-loading processes", lo=0),
         "split_seed": integer(0, "seed of the automatic train/val/test split and of the folds", lo=0),
         "fractions": Key([0.7, 0.1, 0.2], "train/val/test fractions of an automatic split (a folder of classes, or a "

@@ -38,4 +38,5 @@ def refuse_existing(*paths: str | os.PathLike, overwrite: bool = False, alternat
              for p in map(Path, paths) if p.is_file() or (p.is_dir() and any(p.iterdir()))]
     if taken:
         it = "it" if len(taken) == 1 else "them"
-        raise error(f"{' and '.join(taken)}; pass --overwrite to replace {it}" + (f" or {alternative}" if alternative else ""))
+        raise error(f"{' and '.join(taken)}; pass --overwrite to replace {it}"
+                    + (f" or {alternative}" if alternative else ""))

@@ -41,6 +41,7 @@ class ModelCard:
     mean: float = PREPROCESSING.mean
     std: float = PREPROCESSING.std
     tta: bool = PREPROCESSING.tta               # average each image with its mirror, as it was validated
+    normalize: str = PREPROCESSING.normalize    # "image": each image stretched from its 1st to 99th percentile
     dataset: Optional[str] = None
     epoch: Optional[int] = None                 # the checkpoint's epoch and its validation score
     monitor: Optional[str] = None

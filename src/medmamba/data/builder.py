@@ -21,6 +21,7 @@ class DataBundle:
     classes: tuple[str, ...]
     channels: int            # the model's input channels
     name: str
+    left_out: tuple = ()     # unreadable files left out of the splits (data.look)
 
     @property
     def num_classes(self) -> int:
@@ -31,8 +32,9 @@ class DataBundle:
         return is_multi_label(self.task)
 
 
-def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True) -> DataBundle:
-    """The splits a configuration describes; ``augment`` off reads the training split as evaluation does."""
+def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True, exclude=()) -> DataBundle:
+    """The splits a configuration describes; ``augment`` off reads the training split as evaluation does;
+    image files in ``exclude`` (found unreadable) are left out."""
     d = cfg["data"]
     sources = [k for k in ("medmnist", "folder", "csv") if d.get(k)]
     if d.get("folder") or d.get("csv"):
@@ -42,7 +44,8 @@ def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True)
     aug = AugmentConfig(**cfg["augment"])
 
     def transform(split, channels):
-        return build_transform(d["img_size"], channels, split == "train" and augment, aug, d["mean"], d["std"])
+        return build_transform(d["img_size"], channels, split == "train" and augment, aug, d["mean"], d["std"],
+                               d["normalize"])
 
     folds = d.get("folds")
     # With folds, train and val are drawn from the two pooled, each image read with the transform of the
@@ -65,6 +68,8 @@ def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True)
         else:
             samples, classes, groups = csv_manifest_splits(d["csv"], d["split_seed"], d["fractions"])
             name = str(d["csv"])
+        exclude = set(exclude)
+        samples = {s: [item for item in items if item[0] not in exclude] for s, items in samples.items()}
         missing = [s for s in needed if s not in samples]
         if missing:
             raise DataError(f"{name}: no {'/'.join(missing)} split")
@@ -92,7 +97,7 @@ def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True)
             raise DataError(f"{name}: the {s} split is empty")
     if d.get("max_samples"):
         datasets = {s: _first(ds, d["max_samples"]) for s, ds in datasets.items()}
-    return DataBundle(datasets, task, tuple(classes), channels, name)
+    return DataBundle(datasets, task, tuple(classes), channels, name, tuple(sorted(exclude)))
 
 
 def _subset(ds, indices, labels):

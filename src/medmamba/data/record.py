@@ -52,6 +52,7 @@ def split_record(cfg: dict, data, record: dict | None = None) -> dict:
     out = dict(record or {"data": data_fingerprint(cfg), "split_seed": d["split_seed"], "fractions": d["fractions"],
                           "folds": d["folds"], "fold": d["fold"], "max_samples": d["max_samples"], "splits": {}})
     out["splits"] = {**out["splits"], **{name: sample_ids(ds) for name, ds in data.splits.items()}}
+    out["left_out"] = sorted(set(out.get("left_out", [])) | set(data.left_out))  # unreadable files (data.look)
     return out
 
 

@@ -9,12 +9,29 @@ from torchvision.transforms import v2
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images become model inputs: resized to ``img_size``, scaled to [0, 1], (x - mean) / std; with ``tta``
-    each image's prediction is averaged with its mirror's."""
+    """How images become model inputs: resized to ``img_size``, scaled to [0, 1] (with ``normalize`` "image":
+    each image stretched from its 1st to its 99th percentile), (x - mean) / std; with ``tta`` each image's
+    prediction is averaged with its mirror's."""
     img_size: int = 64
     mean: float = 0.5
     std: float = 0.5
     tta: bool = False
+    normalize: str = "none"
+
+
+def percentile_window(image: torch.Tensor, low: float = 1.0, high: float = 99.0) -> torch.Tensor:
+    """``image`` (values in [0, 1]) stretched so that its ``low``-th to ``high``-th percentile fill [0, 1]; an
+    image of one value is left as it is. A 12-bit X-ray in a 16-bit PNG, or a JPEG using values 0-2 of 255,
+    becomes an image that uses the whole range."""
+    lo, hi = torch.quantile(image.flatten().float(), torch.tensor([low / 100, high / 100])).tolist()
+    if hi - lo < 1e-6:
+        return image
+    return ((image - lo) / (hi - lo)).clamp(0, 1)
+
+
+class PerImageWindow(torch.nn.Module):
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return percentile_window(image)
 
 
 # The one source of these defaults: the training configuration's keys and the model card take them from here.
@@ -57,9 +74,12 @@ class MatchChannels(torch.nn.Module):
 
 
 def build_transform(img_size: int, channels: int, train: bool, aug: AugmentConfig | None = None,
-                    mean: float = PREPROCESSING.mean, std: float = PREPROCESSING.std) -> v2.Compose:
+                    mean: float = PREPROCESSING.mean, std: float = PREPROCESSING.std,
+                    normalize: str = PREPROCESSING.normalize) -> v2.Compose:
     """uint8 or [0, 1] float (C, H, W) tensors -> normalised float (channels, img_size, img_size)."""
     steps = [v2.ToDtype(torch.float32, scale=True), MatchChannels(channels)]
+    if normalize == "image":
+        steps.append(PerImageWindow())
     aug = aug or AugmentConfig()
     if train and aug.scale_min < 1.0:
         steps.append(v2.RandomResizedCrop(img_size, scale=(aug.scale_min, 1.0), antialias=True))

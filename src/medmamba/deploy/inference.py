@@ -142,7 +142,8 @@ class Predictor:
         self.classes = card.class_names or [str(c) for c in range(model.num_classes)]
         self.multi_label = card.multi_label
         self.tta = bool(card.tta)  # as the model was validated: averaged with the mirror
-        self.transform = build_transform(self.img_size, self.channels, train=False, mean=card.mean, std=card.std)
+        self.transform = build_transform(self.img_size, self.channels, train=False, mean=card.mean, std=card.std,
+                                         normalize=card.normalize)
         self.ood = ood  # evaluation.ood.OODDetector, with the training images' features
 
     @classmethod

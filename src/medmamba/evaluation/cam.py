@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import MedMambaError
 from ..files import atomic_path
+from ..data.transforms import percentile_window
 from .prediction import class_probabilities
 
 METHODS = ("hirescam", "gradcam")
@@ -105,13 +106,9 @@ def _capture_stage_map(model, stage: int, captured: dict):
 
 
 def display_window(image: torch.Tensor, low: float = 1.0, high: float = 99.0) -> torch.Tensor:
-    """``image`` (values in [0, 1]) stretched so that its ``low``-th to ``high``-th percentile fill [0, 1]:
-    a 12-bit X-ray in a 16-bit PNG, or a JPEG using values 0-2 of 255, becomes visible. For display only;
-    the model's input is not changed. An image of one value is left as it is."""
-    lo, hi = torch.quantile(image.flatten().float(), torch.tensor([low / 100, high / 100])).tolist()
-    if hi - lo < 1e-6:
-        return image
-    return ((image - lo) / (hi - lo)).clamp(0, 1)
+    """``image`` stretched from its ``low``-th to its ``high``-th percentile for display only (a 12-bit X-ray
+    in a 16-bit PNG, a JPEG using values 0-2 of 255 become visible); the model's input is not changed."""
+    return percentile_window(image, low, high)
 
 
 def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.45,

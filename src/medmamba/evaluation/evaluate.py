@@ -63,8 +63,8 @@ def _check_request(runs, split, checkpoint, output, sensitivity, coverage, write
 def operating_point(outputs: RunOutputs, val: Optional[RunOutputs] = None, sensitivity: Optional[float] = None,
                     positive_class=None):
     """(threshold, positive class) of a binary report: chosen now on the validation split (``val``: the same
-    runs' predictions there) when ``sensitivity`` is given; else a single run's own from its model card; else none, on ``positive_class`` (default: the
-    card's, else the second class)."""
+    runs' predictions there) when ``sensitivity`` is given; else a single run's own from its model card; else
+    none, on ``positive_class`` (default: the card's, else the second class)."""
     from .calibration import threshold_for_sensitivity
     data = outputs.data
     card = outputs.used[0].card if len(outputs.used) == 1 else None
@@ -102,7 +102,8 @@ def _title(outputs: RunOutputs, split: str, checkpoint: str) -> str:
     run = used[0]
     title = f"{run.cfg['model']} on {outputs.data.name} ({split})"
     if run.card is not None and run.card.epoch is not None and checkpoint in CHECKPOINT_NAMES:
-        title += f", {checkpoint} epoch {run.card.epoch}" + (f" ({run.card.weights} weights)" if run.card.weights else "")
+        title += f", {checkpoint} epoch {run.card.epoch}"
+        title += f" ({run.card.weights} weights)" if run.card.weights else ""
     return title
 
 
@@ -118,8 +119,9 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
     ``n_resamples`` bootstrap intervals, calibration before and after each run's temperature, the binary
     operating point: see ``operating_point``, prediction sets: see ``prediction_sets``, selective prediction,
     the share flagged out of distribution and, with ``ood`` (image files/folders, or a MedMNIST subset's test
-    split), how well the score tells those images from these; and ``warnings`` plus any this evaluation finds) is written with per-image predictions and plots to ``output`` (default RUN/eval_<split>_<checkpoint>), unless
-    ``write`` is off. An existing report is never replaced without ``overwrite``; every refusal comes
+    split), how well the score tells those images from these; and ``warnings`` plus any this evaluation
+    finds) is written with per-image predictions and plots to ``output`` (default
+    RUN/eval_<split>_<checkpoint>), unless ``write`` is off. An existing report is never replaced without ``overwrite``; every refusal comes
     before anything is loaded or written."""
     from .calibration import single_class_share
     from .reports import assess, write_report

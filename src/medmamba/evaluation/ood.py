@@ -129,6 +129,8 @@ def fit_detector(method: str, train: tuple, val: tuple, tpr: float = DEFAULT_TPR
     feats, _, labels = train
     bank = np.ascontiguousarray(feats, dtype=np.float32) if method in FEATURE_METHODS else None
     labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64) if bank is not None else None
+    if bank is not None:
+        k = max(1, min(k, len(bank) // 4))  # a small training set: the k-th neighbour still nearby
     detector = OODDetector(method, 0.0, tpr, k, temperature, bank, labels)
     val_scores = detector.scores(val[0], val[1])
     detector.threshold = float(np.quantile(val_scores, tpr, method="higher"))

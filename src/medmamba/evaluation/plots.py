@@ -89,7 +89,8 @@ def plot_risk_coverage(labels, probs, path, title=""):
     ax.plot(coverage, risk, color="C0", lw=1.5, label=f"AURC {summary['aurc']:.3f}")
     ax.axvline(1 - REFERRED, color="grey", ls=":", lw=0.8)
     ax.plot([1 - REFERRED], [1 - summary["accuracy_kept"]], "o", color="C1", ms=5,
-            label=f"{REFERRED:.0%} referred: accuracy {summary['accuracy_kept']:.3f} (all: {summary['accuracy_all']:.3f})")
+            label=f"{REFERRED:.0%} referred: accuracy {summary['accuracy_kept']:.3f} "
+                  f"(all: {summary['accuracy_all']:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
     ax.set_xlabel("coverage (share of images the model keeps, most confident first)")

@@ -31,7 +31,7 @@ def with_card_preprocessing(cfg: dict, card: Optional[ModelCard]) -> dict:
     card, written with the weights, is what they were trained and validated with."""
     if card is None:
         return cfg
-    data = {**cfg["data"], "img_size": card.img_size, "mean": card.mean, "std": card.std}
+    data = {**cfg["data"], "img_size": card.img_size, "mean": card.mean, "std": card.std, "normalize": card.normalize}
     return {**cfg, "data": data, "tta": card.tta}
 
 
@@ -48,7 +48,7 @@ class LoadedRun:
     def dataset(self, split: str):
         if split not in self.data.splits:
             from ..data.builder import build_data
-            self.data.splits[split] = build_data(self.cfg, splits=(split,)).splits[split]
+            self.data.splits[split] = build_data(self.cfg, splits=(split,), exclude=self.data.left_out).splits[split]
         return self.data.splits[split]
 
 
@@ -65,10 +65,11 @@ def load_run(run: str | os.PathLike, splits=("test",), checkpoint: str = "best",
     card = read_card(weights) if weights.is_file() else None
     # Overrides (data.root=..., tta=true) still have the last word.
     cfg = apply_overrides(with_card_preprocessing(load_config(run.config), card), overrides)
-    data = build_data(cfg, splits=tuple(splits))
-    if run.split.is_file():  # the images the run was trained and evaluated on, or a clear refusal
+    record = json.loads(run.split.read_text()) if run.split.is_file() else {}
+    data = build_data(cfg, splits=tuple(splits), exclude=record.get("left_out", ()))
+    if record:  # the images the run was trained and evaluated on, or a clear refusal
         from ..data.record import check_split_record
-        check_split_record(json.loads(run.split.read_text()), cfg, data, run.split)
+        check_split_record(record, cfg, data, run.split)
     model = build_model(cfg, data.num_classes, data.channels)
     load_checkpoint(model, weights, new_head_ok=False)
     ood = None

@@ -442,8 +442,8 @@ def __getattr__(name: str):
 
 def _create(variant: str, pretrained=None, **kwargs) -> MedMamba:
     return build_model_with_cfg(MedMamba, variant, VARIANTS[variant], pretrained, feature_cls=MedMambaFeatures,
-                                pretrained_filter_fn=checkpoint_filter_fn, variant_pretrained_cfg=PRETRAINED_CFGS[variant],
-                                **kwargs)
+                                pretrained_filter_fn=checkpoint_filter_fn,
+                                variant_pretrained_cfg=PRETRAINED_CFGS[variant], **kwargs)
 
 
 @register_model

@@ -53,8 +53,11 @@ class CheckpointChoice:
 class WarningMonitor:
     """Warnings kept in the run's state (so a resumed run still reports them) and shown through ``emit``."""
 
-    def __init__(self, state: TrainState, n_val: int, emit: Optional[Callable[[str], None]] = None):
+    def __init__(self, state: TrainState, n_val: int, emit: Optional[Callable[[str], None]] = None, first=()):
+        """``first``: warnings known before training (the look at the data)."""
         self.state, self.n_val, self.emit = state, n_val, emit
+        for message in first:
+            self.warn(message)
 
     def warn(self, message: str):
         self.state.warnings.append(message)

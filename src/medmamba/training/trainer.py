@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..artifacts.checkpoint import (read_state_dict, restore_training_checkpoint
 from ..artifacts.run_dir import RunDir
 from ..config import dump_config, load_config
 from ..data.builder import build_data
-from ..errors import MedMambaError, TrainingError
+from ..errors import DataError, MedMambaError, TrainingError
 from ..evaluation.calibration import calibrate_card, nll, single_class_share
 from ..evaluation.evaluate import Evaluation, evaluate
 from ..evaluation.prediction import predict
@@ -116,10 +117,31 @@ def record_split(run: RunDir, cfg: dict, data):
         atomic_write_text(run.split, json.dumps(split_record(cfg, data, before), indent=1))
 
 
+def prepared_data(cfg: dict, show: bool = False):
+    """(train and val splits, the look at every split's images): each image is opened once first, and the
+    unreadable ones are left out (or, with data.unreadable=refuse, the run refused) before anything is
+    written. The test split's pixels are read for that look only; its labels and the model never meet here."""
+    from ..data.look import look_at, look_text
+    look = look_at(build_data(cfg, augment=False), progress=show)
+    if look.unreadable and cfg["data"]["unreadable"] == "refuse":
+        raise DataError(f"{len(look.unreadable)} unreadable file(s), and data.unreadable=refuse: "
+                        + "; ".join(f"{p}: {why}" for p, why in look.unreadable[:10]))
+    if show:
+        print(look_text(look, with_warnings=False) + "\n", flush=True)
+    return build_data(cfg, splits=("train", "val"), exclude=[p for p, _ in look.unreadable]), look
+
+
+def say(progress: bool, text: str):
+    """Print a line of the run's progress (with ``progress``); warnings always."""
+    if progress or text.startswith("warning:"):
+        print(text, flush=True)
+
+
 def operating_point_class(cfg: dict, data) -> int:
     """The class ``sensitivity`` (and a binary report) is about, checked against the data before training."""
     if cfg["sensitivity"] is not None and data.task != "binary-class":
-        raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, not {data.task}")
+        raise MedMambaError(f"sensitivity={cfg['sensitivity']}: an operating point needs a binary task, "
+                            f"not {data.task}")
     return 1 if cfg["positive_class"] is None else class_index(cfg["positive_class"], data.classes)
 
 
@@ -128,8 +150,8 @@ def model_card(cfg: dict, data, state: TrainState) -> ModelCard:
     d = cfg["data"]
     return ModelCard(model=cfg["model"], model_args=cfg["model_args"], num_classes=data.num_classes,
                      in_chans=data.channels, classes=list(data.classes), task=data.task, img_size=d["img_size"],
-                     mean=d["mean"], std=d["std"], dataset=data.name, tta=cfg["tta"], epoch=state.best_epoch,
-                     monitor=cfg["monitor"], value=state.best, weights=state.best_weights)
+                     mean=d["mean"], std=d["std"], normalize=d["normalize"], dataset=data.name, tta=cfg["tta"],
+                     epoch=state.best_epoch, monitor=cfg["monitor"], value=state.best, weights=state.best_weights)
 
 
 def training_device(cfg: dict, distributed_device: Optional[torch.device]) -> torch.device:
@@ -151,8 +173,7 @@ class Trainer:
             resolve_backend(cfg["scan_backend"], self.device)  # an unusable backend fails here, not mid-epoch
         prepare_output(self.run, cfg, resume, overwrite, create=False)
         seed_everything(cfg["seed"] + self.rank)
-        # The test split is not built here: nothing chosen during training or calibration can see it.
-        self.data = build_data(cfg, splits=("train", "val"))
+        self.data, self.look = prepared_data(cfg, show=progress and dist_utils.is_main())
         self.model = build_model(cfg, self.data.num_classes, self.data.channels, drop_path_rate=cfg["drop_path_rate"],
                                  pretrained=cfg["pretrained"]).to(self.device)
         if self.world > 1:
@@ -161,8 +182,8 @@ class Trainer:
         prepare_output(self.run, cfg, resume, overwrite, create=not resume, data=self.data)
         n_train = len(self.data.splits["train"])
         self.steps_per_epoch = max(1, math.ceil(math.ceil(n_train / self.world) / cfg["batch_size"]))
-        self.optimizer, self.scheduler, self.scaler, self.ema = build_optimisation(self.model, cfg, self.steps_per_epoch,
-                                                                                   self.device)
+        self.optimizer, self.scheduler, self.scaler, self.ema = build_optimisation(
+            self.model, cfg, self.steps_per_epoch, self.device)
         self.loss = TrainingLoss.from_config(cfg, self.data, self.device)
         self.state = TrainState()
         self.ddp_model = self.model
@@ -172,12 +193,10 @@ class Trainer:
         if resume:
             self._resume()
         self.choice = CheckpointChoice(cfg["monitor"])
-        self.monitor = WarningMonitor(self.state, len(self.data.splits["val"]), self._say if dist_utils.is_main() else None)
+        self.monitor = WarningMonitor(self.state, len(self.data.splits["val"]),
+                                      partial(say, progress) if dist_utils.is_main() else None,
+                                      first=() if resume else self.look.warnings())
         self.log = MetricsLog(self.run, cfg["tensorboard"], cfg["epochs"], progress) if dist_utils.is_main() else None
-
-    def _say(self, text: str):
-        if self.progress or text.startswith("warning:"):
-            print(text, flush=True)
 
     # ---- checkpoints: rank 0 writes, every rank waits ------------------------------------------------------
     def _checkpoint_parts(self) -> dict:
@@ -263,7 +282,7 @@ class Trainer:
         self._save_last()  # its barrier also waits for the best checkpoint
         patience = self.cfg["early_stopping"]
         if patience and state.bad_epochs >= patience:
-            self._say(f"early stopping: no {self.cfg['monitor']} improvement in {patience} epochs")
+            say(self.progress, f"early stopping: no {self.cfg['monitor']} improvement in {patience} epochs")
             return True
         return False
 
@@ -300,7 +319,7 @@ def calibrate_and_test(trainer: Trainer, split: str = "test") -> Evaluation:
     detector = None
     if cfg["ood"]:
         from ..evaluation.ood import fit_for_run
-        plain_train = build_data(cfg, splits=("train",), augment=False).splits["train"]
+        plain_train = build_data(cfg, splits=("train",), augment=False, exclude=data.left_out).splits["train"]
         detector = fit_for_run(model, cfg, plain_train, data.splits["val"], card.temperature, trainer.device)
         card.ood = detector.card_entry()
     if dist_utils.is_main() and run.weights("best").is_file():
