@@ -237,3 +237,42 @@ def test_unreadable_file_is_left_out_before_training_or_refused(tmp_path):
     assert record["left_out"] == [str(broken)] and not any("broken" in i for s in record["splits"].values() for i in s)
     again = evaluate(tmp_path / "run", "test", write=False)  # reads the data again, the file still broken
     assert again.metrics["n"] == result["test"]["n"]
+
+
+def test_subgroup_figures_with_intervals_and_the_largest_gap():
+    from medmamba.evaluation.subgroups import subgroup_metrics, subgroups_text
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 200)
+    sex = np.where(np.arange(200) % 2 == 0, "F", "M")
+    p1 = np.where(labels == 1, 0.8, 0.2)
+    p1 = np.where(sex == "M", 1 - p1, p1)  # right for every F, wrong for every M
+    p1[:3] = 0.5
+    probs = np.stack([1 - p1, p1], 1)
+    out = subgroup_metrics(labels, probs, "binary-class", {"sex": sex, "site": ["a"] * 197 + ["b"] * 3},
+                           n_resamples=100)
+    f, m = out["sex"]["groups"]["F"], out["sex"]["groups"]["M"]
+    assert f["n"] == m["n"] == 100 and f["accuracy"] > 0.95 and m["accuracy"] < 0.05
+    assert out["sex"]["largest_gap"]["lowest"] == "M" and out["sex"]["largest_gap"]["difference"] > 0.9
+    lo, hi = f["intervals"]["accuracy"]
+    assert lo <= f["accuracy"] <= hi
+    assert "accuracy" not in out["site"]["groups"]["b"] and out["site"]["largest_gap"] is None  # 3 images: listed
+    assert "Largest gap:" in subgroups_text(out) and "| F | 100 |" in subgroups_text(out)
+
+
+def test_subgroups_need_a_csv_column_and_are_checked_before_training(tmp_path):
+    from medmamba import train
+    from medmamba.config import load_config
+    write_folder(tmp_path / "img", n=10)
+    rows = ["path,label,sex"] + [f"img/{c}/{i}.png,{c},{'FM'[i % 2]}" for c in ("benign", "malignant")
+                                 for i in range(10)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    base = [f"data.csv={tmp_path / 'm.csv'}", "data.channels=1", "data.img_size=16", "epochs=1", "batch_size=8",
+            "model_args={depths: [1, 1], dims: [8, 16]}", "bootstrap=20", "tensorboard=false", "ood=null",
+            "data.fractions=[0.5, 0.2, 0.3]"]
+    with pytest.raises(MedMambaError, match="no column scanner for subgroups"):
+        train(load_config(None, base + ["subgroups=[scanner]"]), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+    result = train(load_config(None, base + ["subgroups=[sex]"]), tmp_path / "run", progress=False)
+    groups = result["assessment"]["subgroups"]["sex"]["groups"]
+    assert set(groups) == {"F", "M"} and sum(g["n"] for g in groups.values()) == result["test"]["n"]
+    assert "## Subgroups" in (tmp_path / "run" / "eval_test" / "report.md").read_text()

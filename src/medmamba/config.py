@@ -205,6 +205,8 @@ SCHEMA: dict[str, Any] = {
     "ood": choice("mahalanobis", "out-of-distribution score on the model's pooled features (mahalanobis, knn) or its "
                   "logits (energy, msp), threshold set so 95% of validation images pass; null: none",
                   ("mahalanobis", "knn", "energy", "msp"), optional=True),
+    "subgroups": Key([], "CSV manifests: metadata columns (e.g. [sex, site]) whose groups reports measure apart",
+                     "a list of column names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
     "bootstrap": integer(1000, "stratified bootstrap resamples of the test images for 95% intervals; 0: none", lo=0),
     "seed": integer(0, "random seed of initialisation, shuffling and augmentation", lo=0),
     "save_every_steps": integer(None, "also checkpoint mid-epoch every N optimiser steps", optional=True),

@@ -196,3 +196,15 @@ def require_inputs(items: Iterable[str | os.PathLike], purpose: str) -> tuple[li
     if not paths:
         raise DataError(f"no images to {purpose}: " + "; ".join(f"{p}: {why}" for p, why in missing))
     return paths, missing
+
+
+def csv_metadata(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, dict[str, str]]:
+    """{image path as the manifest resolves it: {column: value}} for the named metadata columns of a CSV
+    manifest (sex, site, scanner...); one clear error naming a column it lacks."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        raise DataError(f"{path}: no column {', '.join(missing)} for subgroups; its columns: {', '.join(rows[0])}")
+    return {str((path.parent / r["path"]).resolve()): {c: r[c] for c in columns} for r in rows}

@@ -146,6 +146,9 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
     report = assess(outputs.labels, outputs.probs, data.task, data.classes, uncalibrated=outputs.plain,
                     temperature=temperatures[0] if len(used) == 1 else None, threshold=threshold, positive=positive,
                     n_resamples=n_resamples, seed=seed, warnings=warnings, conformal=sets)
+    columns = used[0].cfg.get("subgroups") or []
+    if columns and not data.multi_label:
+        report["subgroups"] = subgroups_of(outputs, columns, positive, n_resamples, seed)
     if outputs.ood_scores is not None:
         report["ood"] = ood_summary(outputs, ood, device)
     elif ood:
@@ -164,6 +167,20 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
             if errors is not None:
                 result.paths["errors"] = errors
     return result
+
+
+def subgroups_of(outputs: RunOutputs, columns, positive: int, n_resamples: int, seed: int) -> dict:
+    """Per-subgroup figures for the metadata ``columns`` of the run's CSV manifest."""
+    from ..data.builder import sample_ids
+    from ..data.folders import csv_metadata
+    from .subgroups import subgroup_metrics
+    manifest = outputs.used[0].cfg["data"].get("csv")
+    if not manifest:
+        raise MedMambaError(f"subgroups {columns}: metadata columns come from a CSV manifest (data.csv)")
+    meta = csv_metadata(manifest, columns)
+    ids = sample_ids(outputs.dataset)
+    values = {c: [meta.get(i, {}).get(c, "missing") for i in ids] for c in columns}
+    return subgroup_metrics(outputs.labels, outputs.probs, outputs.data.task, values, positive, n_resamples, seed)
 
 
 def ood_summary(outputs: RunOutputs, other=None, device=None) -> dict:

@@ -151,6 +151,9 @@ def summary_text(report: dict) -> str:
         parts += ["", selective_text(report["selective"])]
     if "ood" in report:
         parts += ["", ood_text(report["ood"])]
+    if report.get("subgroups"):
+        from .subgroups import subgroups_text
+        parts += ["", subgroups_text(report["subgroups"])]
     parts += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(parts)
 
@@ -198,6 +201,9 @@ def write_report(out_dir: str | os.PathLike, report: dict, labels, probs, class_
                f"![risk-coverage]({paths['risk_coverage'].name})", ""]
     if "ood" in report:
         md += ["## Out of distribution", "", ood_text(report["ood"]).replace("\n", "  \n"), ""]
+    if report.get("subgroups"):
+        from .subgroups import subgroups_text
+        md += ["## Subgroups", "", subgroups_text(report["subgroups"]), ""]
     if dataset_name in PUBLISHED:
         md += ["Published results on the same test split (MedMNIST's ACC/AUC rules):", "",
                published_table(dataset_name, m), ""]
