@@ -51,20 +51,23 @@ def measure(run_path: str, others: list[str], data_root: str, n_synthetic: int) 
     run = load_run(run_path, ("val", "test"), overrides=[f"data.root={data_root}"])
     cfg, model, batch = run.cfg, run.model.eval(), run.cfg["eval_batch_size"]
     temperature = run.card.temperature if run.card is not None else None
-    train = dataset_features(model, build_data(cfg, ("train",), augment=False).splits["train"], batch)
-    val = dataset_features(model, run.data.splits["val"], batch)
-    test = dataset_features(model, run.data.splits["test"], batch)
+    plain_train = build_data(cfg, ("train",), augment=False).splits["train"]
+    features = {stages: [dataset_features(model, ds, batch, stages=stages)
+                         for ds in (plain_train, run.data.splits["val"], run.data.splits["test"])]
+                for stages in (False, True)}
     d = cfg["data"]
     transform = build_transform(d["img_size"], run.data.channels, False, mean=d["mean"], std=d["std"])
     shifts = {f"{name} test": MedMNIST(name, "test", data_root, d["size"], transform) for name in others
               if name != d["medmnist"]}
     shifts.update(shifted_sets(cfg, run.data.channels, n_synthetic))
-    shifted = {name: dataset_features(model, ds, batch) for name, ds in shifts.items()}
+    shifted = {stages: {name: dataset_features(model, ds, batch, stages=stages) for name, ds in shifts.items()}
+               for stages in (False, True)}
     rows = []
     for method in METHODS:
+        train, val, test = features[method == "stages"]
         detector = fit_detector(method, train, val[:2], temperature=temperature)
         s_in = detector.scores(*test[:2])
-        for name, (f, lg, _) in shifted.items():
+        for name, (f, lg, _) in shifted[method == "stages"].items():
             rows.append({"run": run_path, "dataset": d["medmnist"], "method": method, "shift": name,
                          **separation(s_in, detector.scores(f, lg))})
     return rows

@@ -41,7 +41,7 @@ def test_run_folder_contents_and_no_overwrite(tmp_path):
     assert len(rows) == 40 and list(rows[0]) == ["image", "label", "prob_malignant", "prob_normal, benign",
                                                  "predicted", "set", "ood_score", "ood", "correct"]
     flagged = np.mean([r["ood"] == "True" for r in rows])
-    assert flagged == pytest.approx(report["ood"]["flagged"]) and report["ood"]["method"] == "mahalanobis"
+    assert flagged == pytest.approx(report["ood"]["flagged"]) and report["ood"]["method"] == "stages"
     assert run.ood_features("best").is_file() and json.loads(run.card("best").read_text())["ood"]["tpr"] == 0.95
     assert {r["set"] for r in rows} <= {"malignant", "normal, benign", "malignant|normal, benign"}
     covered = np.mean([r["label"] in r["set"].split("|") for r in rows])

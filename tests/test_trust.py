@@ -127,11 +127,14 @@ def features_of(n, far=False, seed=0, dim=16):
     return feats, logits, labels
 
 
-@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
+@pytest.mark.parametrize("method", ["stages", "mahalanobis", "knn"])
 def test_ood_detector_threshold_flags_and_reloads(tmp_path, method):
     from medmamba.evaluation.ood import OODDetector, fit_detector, separation
-    train, val, test = features_of(400, seed=1), features_of(200, seed=2), features_of(200, seed=3)
-    far = features_of(200, far=True, seed=4)
+
+    def as_used(f):  # stages reads one array per stage: here two, the halves of the features
+        return (np.split(f[0], 2, axis=1), *f[1:]) if method == "stages" else f
+    train, val, test = (as_used(features_of(n, seed=s)) for n, s in ((400, 1), (200, 2), (200, 3)))
+    far = as_used(features_of(200, far=True, seed=4))
     detector = fit_detector(method, train, val[:2], tpr=0.95, k=10)
     val_scores = detector.scores(*val[:2])
     assert np.mean(~detector.flags(val_scores)) == pytest.approx(0.95, abs=0.01)  # 95% of validation passes
@@ -139,10 +142,10 @@ def test_ood_detector_threshold_flags_and_reloads(tmp_path, method):
     check = separation(s_in, s_out)
     assert check["auroc"] > 0.95 and check["fpr_at_95_tpr"] < 0.1 and detector.flags(s_out).mean() > 0.9
     assert 0.85 < 1 - detector.flags(s_in).mean() <= 1.0
-    detector.save_bank(tmp_path / "ood.safetensors")
+    detector.save_state(tmp_path / "ood.safetensors")
     again = OODDetector.from_card(detector.card_entry(), tmp_path / "ood.safetensors")
     np.testing.assert_allclose(again.scores(*far[:2]), s_out, rtol=1e-5)
-    with pytest.raises(MedMambaError, match="needs its training features"):
+    with pytest.raises(MedMambaError, match="needs what was fitted on the training images"):
         OODDetector.from_card(detector.card_entry(), tmp_path / "missing.safetensors")
 
 

@@ -202,9 +202,10 @@ SCHEMA: dict[str, Any] = {
                        optional=True),
     "conformal": choice("aps", "prediction sets' score: aps (adapts to how hard an image is), lac (smallest sets), "
                         "raps (aps penalising unlikely classes)", ("aps", "lac", "raps")),
-    "ood": choice("mahalanobis", "out-of-distribution score on the model's pooled features (mahalanobis, knn) or its "
-                  "logits (energy, msp), threshold set so 95% of validation images pass; null: none",
-                  ("mahalanobis", "knn", "energy", "msp"), optional=True),
+    "ood": choice("stages", "out-of-distribution score: stages (Mahalanobis distance of every stage's pooled map, "
+                  "shrunk covariance), mahalanobis or knn (pooled features), energy or msp (logits); its threshold "
+                  "lets 95% of validation images pass; null: none", ("stages", "mahalanobis", "knn", "energy", "msp"),
+                  optional=True),
     "subgroups": Key([], "CSV manifests: metadata columns (e.g. [sex, site]) whose groups reports measure apart",
                      "a list of column names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
     "bootstrap": integer(1000, "stratified bootstrap resamples of the test images for 95% intervals; 0: none", lo=0),

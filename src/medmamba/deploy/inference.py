@@ -172,9 +172,8 @@ class Predictor:
         """Preprocessed images -> out-of-distribution scores (None when the model has no OOD score)."""
         if self.ood is None:
             return None
-        from ..evaluation.ood import pooled_features
-        features, logits = pooled_features(self.model, images.to(self.device))
-        return self.ood.scores(features.cpu().numpy(), logits.cpu().numpy())
+        from ..evaluation.ood import batch_scores
+        return batch_scores(self.ood, self.model, images.to(self.device))
 
     def warm_up(self):
         """One tiny forward pass, so JIT compilation is not counted as prediction time."""

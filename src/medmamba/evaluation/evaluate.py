@@ -120,9 +120,9 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
     operating point: see ``operating_point``, prediction sets: see ``prediction_sets``, selective prediction,
     the share flagged out of distribution and, with ``ood`` (image files/folders, or a MedMNIST subset's test
     split), how well the score tells those images from these; and ``warnings`` plus any this evaluation
-    finds) is written with per-image predictions and plots to ``output`` (default
-    RUN/eval_<split>_<checkpoint>), unless ``write`` is off. An existing report is never replaced without ``overwrite``; every refusal comes
-    before anything is loaded or written."""
+    finds) is written with per-image predictions, the most confident mistakes and plots to ``output``
+    (default RUN/eval_<split>_<checkpoint>), unless ``write`` is off. An existing report is never replaced
+    without ``overwrite``; every refusal of the request comes before anything is loaded or written."""
     from .calibration import single_class_share
     from .reports import assess, write_report
     if isinstance(runs, (str, os.PathLike, LoadedRun)):

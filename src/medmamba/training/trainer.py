@@ -330,7 +330,7 @@ def calibrate_and_test(trainer: Trainer, split: str = "test") -> Evaluation:
     if dist_utils.is_main() and run.weights("best").is_file():
         write_card(card, run.card("best"))
         if detector is not None:
-            detector.save_bank(run.ood_features("best"))
+            detector.save_state(run.ood_features("best"))
     data = copy.copy(data)
     data.splits = dict(data.splits)  # the test split joins a copy: the trainer never holds it
     result = evaluate(LoadedRun(model, cfg, card, run.weights("best"), data, detector), split,
