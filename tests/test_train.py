@@ -398,7 +398,8 @@ def test_multilabel_chestmnist_layout_trains_with_bce(tmp_path):
 def test_test_split_never_reaches_model_selection(tmp_path, monkeypatch):
     """The checkpoint, its temperature and its threshold must not depend on the test split at all: two runs
     whose test images and labels differ completely keep identical weights and model cards. The test split
-    is also built only after calibration has finished."""
+    that is evaluated is built only after calibration has finished (the look at the data before training
+    opens its files once, to find unreadable ones and duplicates, and chooses nothing)."""
     import medmamba.data.builder as builder
     import medmamba.training.trainer as trainer_module
     arrays = dict(np.load(SHARED / "medmnist" / "breastmnist.npz"))
@@ -420,13 +421,27 @@ def test_test_split_never_reaches_model_selection(tmp_path, monkeypatch):
         return card
     monkeypatch.setattr(builder.MedMNIST, "__init__", init)
     monkeypatch.setattr(trainer_module, "calibrate_card", calibrate)
+    import medmamba.data.look as look_module
+    real_look = look_module.look_at
+
+    def look(data, progress=False):
+        events.append("look")
+        found = real_look(data, progress)
+        events.append("looked")
+        return found
+    monkeypatch.setattr(look_module, "look_at", look)
     runs = {}
     for name, root in (("real", SHARED / "medmnist"), ("other", tmp_path / "data")):
         events.clear()
         result = train(tiny_cfg(f"data.root={root}", "ema=0.9", "sensitivity=0.9", "bootstrap=0"),
                        tmp_path / name, progress=False)
         assert "test" not in result["trainer"].data.splits
-        assert events.index("calibrated") < events.index("test") and events.count("test") == 1
+        # before training, the look at the data opens every file once (unreadable files, duplicates): it
+        # chooses nothing; the test split that is evaluated is built only after calibration
+        looked = events.index("looked")
+        assert events[:looked] == ["train", "val", "test", "look"]
+        after = events[looked + 1:]
+        assert after.index("calibrated") < after.index("test") and after.count("test") == 1
         runs[name] = result
     cards = [json.loads((tmp_path / n / "checkpoints" / "best" / "model.json").read_text()) for n in runs]
     assert cards[0] == {**cards[1], "dataset": cards[0]["dataset"]} and cards[0]["threshold"] is not None

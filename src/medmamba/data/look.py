@@ -89,7 +89,8 @@ def look_at(data, progress: bool = False) -> DataLook:
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="looking at the data", unit="img", leave=False)
+        # disable=None: no bar where stderr is not a terminal, so a refusal stays one line there
+        bar = tqdm(total=total, desc="looking at the data", unit="img", leave=False, disable=None)
     for split, ds in data.splits.items():
         labels = np.asarray(ds.labels)
         if data.multi_label:
