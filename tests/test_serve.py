@@ -144,8 +144,6 @@ def test_page_in_a_real_browser(server, images, tmp_path):
         assert [{**r, "path": Path(r["path"]).name} for r in downloaded] == \
             [{**expected[n], "path": n} for n in sorted(expected)]
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-        if os.environ.get("MEDMAMBA_SCREENSHOT"):  # docs/ keeps one, taken by this test
-            page.screenshot(path=os.environ["MEDMAMBA_SCREENSHOT"], full_page=True)
         # a good upload after the garbage one still works
         page.locator("#upload button[aria-label='Clear']").first.click()
         page.locator("#upload input[type=file]").set_input_files([str(images / "case3.png")])

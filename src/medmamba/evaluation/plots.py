@@ -104,7 +104,7 @@ def plot_risk_coverage(labels, probs, path, title=""):
 def plot_gallery(panels, path, title="", columns: int = 4):
     """Images (H, W, 3 uint8) with a caption each, in a grid."""
     rows = max(1, -(-len(panels) // columns))
-    fig = Figure(figsize=(2.6 * columns, 2.9 * rows))
+    fig = Figure(figsize=(2.6 * columns, 3.2 * rows))
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
