@@ -21,6 +21,13 @@ def _info(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    from .ops.doctor import diagnose, doctor_text
+    result = diagnose(args.backend, args.device, args.seconds)
+    print(doctor_text(result))
+    return 0 if result["ok"] else 1
+
+
 def _demo(args) -> int:
     """Forward pass of MedMamba on real MedMNIST images: shapes, backend and throughput."""
     import torch
@@ -296,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medmamba {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, models and selective-scan backends").set_defaults(func=_info)
+    doc = sub.add_parser("doctor", help="versions, device, CPU features, each scan backend checked and timed; "
+                         "exit 1 when the backend you would use is broken")
+    doc.add_argument("--backend", default="auto", help="the backend you configure (default: auto's choice)")
+    doc.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    doc.add_argument("--seconds", type=float, default=2.0, help="timing per backend")
+    doc.set_defaults(func=_doctor)
     conf = sub.add_parser("config", help="print the resolved training configuration, a comment per key")
     conf.add_argument("--config", help="YAML config (defaults: medmamba.config.SCHEMA)")
     conf.add_argument("overrides", nargs="*", help="config overrides, e.g. optimizer.lr=3e-4 epochs=10")

@@ -1,7 +1,10 @@
 """Which selective-scan implementation runs: the backends, their availability, and the dispatch.
 
 The maths and its pure-PyTorch specification are in ``scan_reference``; each fast backend is a module
-beside it, imported only when first chosen. A backend is resolved once per (name, device type).
+beside it, imported only when first chosen. A backend is resolved once per (name, device type). On a GPU,
+"auto" checks each candidate once against the chunked scan before trusting it (``first_that_passes``): a
+Triton kernel that fails to compile or disagrees on that GPU costs a warning, not the user's run. A backend
+named explicitly is not second-guessed: it fails loudly.
 """
 from __future__ import annotations
 
@@ -118,6 +121,43 @@ BACKENDS: dict[str, Backend] = {
 
 _warned_fallback = False
 _resolved: dict[tuple[str, str, bool], Backend] = {}
+# "auto" on a GPU: each in turn must pass its self-check; the chunked scan (plain tensor operations) is the
+# last resort, never the sequential reference, whose Python loop would make a GPU slower than a CPU.
+GPU_ORDER = ("triton", "mamba_ssm", "chunked")
+CHECK_TOLERANCE = 1e-3
+
+
+def self_check(backend: Backend, device: torch.device) -> Optional[str]:
+    """None if ``backend``'s SS2D scan agrees with the chunked scan on a small input on ``device``, forward
+    and every gradient, to CHECK_TOLERANCE relative; else why not (its exception, or the worst
+    disagreement). The inputs come from a generator of their own: the caller's random stream is untouched."""
+    g = torch.Generator().manual_seed(0)
+    batch, dim, side, n = 1, 6, 5, 4
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device).requires_grad_()
+    x = leaf(batch, dim, side, side)
+    inputs = dict(delta=leaf(batch, NUM_DIRECTIONS, dim, side, side, scale=0.5), A=(-torch.rand(
+        NUM_DIRECTIONS * dim, n, generator=g)).to(device).requires_grad_(),
+        B=leaf(batch, NUM_DIRECTIONS, n, side, side), C=leaf(batch, NUM_DIRECTIONS, n, side, side),
+        D=leaf(NUM_DIRECTIONS * dim), delta_bias=leaf(NUM_DIRECTIONS * dim, scale=0.5))
+    leaves = [x, *inputs.values()]
+
+    def run(b: Backend):
+        y = b.cross(x, **inputs, delta_softplus=True)
+        return [y.detach(), *torch.autograd.grad(y, leaves, torch.ones_like(y))]
+    try:
+        got = run(backend)
+    except Exception as e:  # a kernel that does not compile or launch on this device
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    want = run(BACKENDS["chunked"])
+    names = ["output", "grad x", *(f"grad {k}" for k in inputs)]
+    errors = {name: ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+              for name, a, b in zip(names, got, want)}
+    worst = max(errors, key=errors.get)
+    if not errors[worst] <= CHECK_TOLERANCE:  # also catches NaN
+        return f"{worst} differs from the chunked scan by {errors[worst]:.2e} (relative)"
+    return None
 
 
 def available_backends() -> list[str]:
@@ -130,18 +170,30 @@ def resolve_backend(backend: str, device: torch.device) -> Backend:
     (Whether Triton's interpreter is on is part of the key: it decides whether triton may take CPU tensors.)"""
     key = (backend, torch.device(device).type, os.environ.get("TRITON_INTERPRET") == "1")
     if key not in _resolved:
-        _resolved[key] = _resolve(backend, key[1])
+        _resolved[key] = _resolve(backend, key[1], torch.device(device))
     return _resolved[key]
 
 
-def _resolve(backend: str, device_type: str) -> Backend:
+def first_that_passes(names, device: torch.device) -> Backend:
+    """The first available backend of ``names`` whose self-check passes on ``device``; each one that fails
+    is skipped with one warning naming the cause. The last of ``names`` is taken unchecked if all else fails."""
+    for name in names[:-1]:
+        backend = BACKENDS[name]
+        if not backend.is_available():
+            continue
+        problem = self_check(backend, device)
+        if problem is None:
+            return backend
+        warnings.warn(f"selective-scan backend {name!r} failed its check on {device} ({problem}); falling back to "
+                      f"the next of {', '.join(names)}", RuntimeWarning, stacklevel=5)
+    return BACKENDS[names[-1]]
+
+
+def _resolve(backend: str, device_type: str, device: Optional[torch.device] = None) -> Backend:
     global _warned_fallback
     if backend == "auto":
         if device_type == "cuda":
-            for name in ("triton", "mamba_ssm"):
-                if BACKENDS[name].is_available():
-                    return BACKENDS[name]
-            return BACKENDS["reference"]
+            return first_that_passes(GPU_ORDER, device or torch.device("cuda"))
         if device_type == "cpu":
             if BACKENDS["cpu"].is_available():
                 return BACKENDS["cpu"]
