@@ -23,9 +23,8 @@ def shifted_sets(cfg: dict, channels: int, n: int, seed: int = 0) -> dict:
     from sklearn.datasets import load_sample_images
     from torch.utils.data import TensorDataset
 
-    from medmamba.data import build_transform
-    d = cfg["data"]
-    transform = build_transform(d["img_size"], channels, False, mean=d["mean"], std=d["std"])
+    from medmamba.data.builder import config_transform
+    transform = config_transform(cfg, channels)
     rng = np.random.default_rng(seed)
 
     def as_dataset(images):
@@ -44,8 +43,8 @@ def shifted_sets(cfg: dict, channels: int, n: int, seed: int = 0) -> dict:
 
 
 def measure(run_path: str, others: list[str], data_root: str, n_synthetic: int) -> list[dict]:
-    from medmamba.data import MedMNIST, build_transform
-    from medmamba.data.builder import build_data
+    from medmamba.data import MedMNIST
+    from medmamba.data.builder import build_data, config_transform
     from medmamba.evaluation.ood import METHODS, dataset_features, fit_detector, separation
     from medmamba.evaluation.runs import load_run
     run = load_run(run_path, ("val", "test"), overrides=[f"data.root={data_root}"])
@@ -56,7 +55,7 @@ def measure(run_path: str, others: list[str], data_root: str, n_synthetic: int) 
                          for ds in (plain_train, run.data.splits["val"], run.data.splits["test"])]
                 for stages in (False, True)}
     d = cfg["data"]
-    transform = build_transform(d["img_size"], run.data.channels, False, mean=d["mean"], std=d["std"])
+    transform = config_transform(cfg, run.data.channels)
     shifts = {f"{name} test": MedMNIST(name, "test", data_root, d["size"], transform) for name in others
               if name != d["medmnist"]}
     shifts.update(shifted_sets(cfg, run.data.channels, n_synthetic))

@@ -32,6 +32,14 @@ class DataBundle:
         return is_multi_label(self.task)
 
 
+def config_transform(cfg: dict, channels: int, train: bool = False):
+    """How a configuration reads its images for ``channels`` model inputs: size, normalisation (and with
+    ``train``, its augmentation). Whatever reads images for a run's model goes through here."""
+    d = cfg["data"]
+    return build_transform(d["img_size"], channels, train, AugmentConfig(**cfg["augment"]), d["mean"], d["std"],
+                           d["normalize"])
+
+
 def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True, exclude=()) -> DataBundle:
     """The splits a configuration describes; ``augment`` off reads the training split as evaluation does;
     image files in ``exclude`` (found unreadable) are left out."""
@@ -41,11 +49,9 @@ def build_data(cfg: dict, splits=("train", "val", "test"), augment: bool = True,
         sources = [k for k in sources if k != "medmnist"]
     if len(sources) != 1:
         raise DataError("give exactly one of data.medmnist, data.folder, data.csv")
-    aug = AugmentConfig(**cfg["augment"])
 
     def transform(split, channels):
-        return build_transform(d["img_size"], channels, split == "train" and augment, aug, d["mean"], d["std"],
-                               d["normalize"])
+        return config_transform(cfg, channels, train=split == "train" and augment)
 
     folds = d.get("folds")
     # With folds, train and val are drawn from the two pooled, each image read with the transform of the

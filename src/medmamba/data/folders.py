@@ -198,9 +198,13 @@ def require_inputs(items: Iterable[str | os.PathLike], purpose: str) -> tuple[li
     return paths, missing
 
 
-def csv_metadata(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, dict[str, str]]:
-    """{image path as the manifest resolves it: {column: value}} for the named metadata columns of a CSV
-    manifest (sex, site, scanner...); one clear error naming a column it lacks."""
+def subgroup_metadata(cfg: dict) -> dict[str, dict[str, str]]:
+    """{image path as the manifest resolves it: {column: value}} for the configuration's ``subgroups``
+    columns (sex, site, scanner...) of its CSV manifest; one clear error when the data is not a CSV manifest
+    or lacks a column."""
+    columns, path = cfg["subgroups"], cfg["data"].get("csv")
+    if not path:
+        raise DataError(f"subgroups {columns}: metadata columns come from a CSV manifest (data.csv)")
     path = Path(path)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -209,7 +209,8 @@ def build_app(models: list[ServedModel], upload_dir: Path):
         return f"In distribution: like the training images (score {score:.3g} ≤ {threshold:.3g})."
 
     def set_text(prediction_set: str, choice) -> str:
-        card = service._members(choice)[0].predictor.card if len(service._members(choice)) == 1 else None
+        members = service._members(choice)
+        card = members[0].predictor.card if len(members) == 1 else None
         if card is None or not card.conformal:
             return "no prediction sets calibrated for this model"
         classes = prediction_set.split("|") if prediction_set else []

@@ -172,12 +172,9 @@ def evaluate(runs, split: str = "test", checkpoint: str = "best", output: Option
 def subgroups_of(outputs: RunOutputs, columns, positive: int, n_resamples: int, seed: int) -> dict:
     """Per-subgroup figures for the metadata ``columns`` of the run's CSV manifest."""
     from ..data.builder import sample_ids
-    from ..data.folders import csv_metadata
+    from ..data.folders import subgroup_metadata
     from .subgroups import subgroup_metrics
-    manifest = outputs.used[0].cfg["data"].get("csv")
-    if not manifest:
-        raise MedMambaError(f"subgroups {columns}: metadata columns come from a CSV manifest (data.csv)")
-    meta = csv_metadata(manifest, columns)
+    meta = subgroup_metadata(outputs.used[0].cfg)
     ids = sample_ids(outputs.dataset)
     values = {c: [meta.get(i, {}).get(c, "missing") for i in ids] for c in columns}
     return subgroup_metrics(outputs.labels, outputs.probs, outputs.data.task, values, positive, n_resamples, seed)
@@ -201,14 +198,14 @@ def ood_summary(outputs: RunOutputs, other=None, device=None) -> dict:
 
 def _ood_images(other: Sequence[str], run: LoadedRun):
     """(dataset, description) of the images an OOD check compares with, read as the run reads its own."""
-    from ..data import MedMNIST, build_transform, medmnist_subsets
+    from ..data import MedMNIST, medmnist_subsets
+    from ..data.builder import config_transform
+    from ..data.folders import ImageListDataset, require_inputs
     d = run.cfg["data"]
-    transform = build_transform(d["img_size"], run.data.channels, False, mean=d["mean"], std=d["std"])
+    transform = config_transform(run.cfg, run.data.channels)
     if len(other) == 1 and str(other[0]).lower() in medmnist_subsets():
         name = str(other[0]).lower()
         return MedMNIST(name, "test", d["root"], d["size"], transform), f"{name} (test split)"
-    from ..data.folders import ImageListDataset
-    from ..data.folders import require_inputs
     paths, _ = require_inputs(other, "compare with (--ood)")
     return ImageListDataset([(p, 0) for p in paths], ["other"], run.data.channels, transform), \
         f"{len(paths)} images from {', '.join(map(str, other))}"

@@ -37,22 +37,20 @@ DEFAULT_K = 50
 
 
 @torch.no_grad()
-def pooled_features(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled features the head sees, logits) of a batch: MedMamba's and every timm model's forward_head."""
-    features = model.forward_head(model.forward_features(images), pre_logits=True)
+def batch_features(model, images: torch.Tensor, stages: bool = False):
+    """(features, logits) of a batch in one pass through the backbone: the pooled features the head sees
+    (MedMamba's and every timm model's forward_head), or with ``stages`` each stage's map average-pooled,
+    [(batch, channels of stage i)], through timm's forward_intermediates (MedMamba's, and most timm models')."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else model.head
-    return features.float(), head(features).float()
-
-
-@torch.no_grad()
-def stage_features(model, images: torch.Tensor) -> list[torch.Tensor]:
-    """Each stage's map, average-pooled: [(batch, channels of stage i)], through timm's forward_intermediates
-    (MedMamba's, and most timm models')."""
+    if not stages:
+        features = model.forward_head(model.forward_features(images), pre_logits=True)
+        return features.float(), head(features).float()
     if not hasattr(model, "forward_intermediates"):
         raise MedMambaError(f"ood: stages needs forward_intermediates, which {type(model).__name__} lacks; "
                             f"use ood: mahalanobis")
-    maps = model.forward_intermediates(images, intermediates_only=True)
-    return [m.float().mean((2, 3)) for m in maps]
+    final, maps = model.forward_intermediates(images)
+    logits = head(model.forward_head(final, pre_logits=True)).float()
+    return [m.float().mean((2, 3)) for m in maps], logits
 
 
 @torch.no_grad()
@@ -63,9 +61,8 @@ def dataset_features(model, dataset, batch_size: int = 64, device="cpu", stages:
     model.eval()
     feats, logits, labels = [], [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        x = x.to(device)
-        f, lg = pooled_features(model, x)
-        feats.append([s.cpu() for s in stage_features(model, x)] if stages else [f.cpu()])
+        f, lg = batch_features(model, x.to(device), stages)
+        feats.append([s.cpu() for s in f] if stages else [f.cpu()])
         logits.append(lg.cpu())
         labels.append(y)
     per_stage = [torch.cat([f[i] for f in feats]).numpy() for i in range(len(feats[0]))]
@@ -199,10 +196,9 @@ def dataset_scores(detector: OODDetector, model, dataset, batch_size: int = 64, 
     return detector.scores(features, logits)
 
 
-@torch.no_grad()
 def batch_scores(detector: OODDetector, model, images: torch.Tensor) -> np.ndarray:
     """Scores of a preprocessed batch (what ``Predictor`` and the web page call)."""
-    features, logits = pooled_features(model, images)
-    if detector.method == "stages":
-        return detector.scores([f.cpu().numpy() for f in stage_features(model, images)], logits.cpu().numpy())
-    return detector.scores(features.cpu().numpy(), logits.cpu().numpy())
+    stages = detector.method == "stages"
+    features, logits = batch_features(model, images, stages)
+    features = [f.cpu().numpy() for f in features] if stages else features.cpu().numpy()
+    return detector.scores(features, logits.cpu().numpy())

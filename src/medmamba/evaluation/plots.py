@@ -11,6 +11,16 @@ from matplotlib.figure import Figure
 from ..data.tasks import is_multi_label
 
 
+def _finish(fig, ax, path, title: str, xlabel: str, ylabel: str, legend: str):
+    """Label a line plot's axes, title it, place its legend and write it as PNG (every curve figure here)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc=legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=""):
     k = len(class_names)
     fig = Figure(figsize=(max(4.5, 2.2 + 0.7 * k), max(4.0, 1.8 + 0.7 * k)))
@@ -47,12 +57,7 @@ def plot_roc(labels, probs, class_names, task, path, title=""):
         fpr, tpr, _ = roc_curve(y, s)
         ax.plot(fpr, tpr, lw=1.5, label=f"{str(name)[:40]} (AUC {roc_auc_score(y, s):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(f"{title}\nROC", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _finish(fig, ax, path, f"{title}\nROC", "1 - specificity", "sensitivity", "lower right")
 
 
 def plot_reliability(calibration: dict, path, title=""):
@@ -71,12 +76,7 @@ def plot_reliability(calibration: dict, path, title=""):
         ax.plot(conf[keep], acc[keep], "o-", color=color, ms=4, label=f"{name}: ECE {rel['ece']:.3f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (15 bins)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\nreliability", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _finish(fig, ax, path, f"{title}\nreliability", "confidence (15 bins)", "accuracy", "upper left")
 
 
 def plot_risk_coverage(labels, probs, path, title=""):
@@ -93,12 +93,8 @@ def plot_risk_coverage(labels, probs, path, title=""):
                   f"(all: {summary['accuracy_all']:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
-    ax.set_xlabel("coverage (share of images the model keeps, most confident first)")
-    ax.set_ylabel("error rate on the kept images")
-    ax.set_title(f"{title}\nrisk-coverage", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _finish(fig, ax, path, f"{title}\nrisk-coverage", "coverage (share of images the model keeps, most confident "
+            "first)", "error rate on the kept images", "upper left")
 
 
 def plot_gallery(panels, path, title="", columns: int = 4):

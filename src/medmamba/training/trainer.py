@@ -121,12 +121,10 @@ def prepared_data(cfg: dict, show: bool = False):
     """(train and val splits, the look at every split's images): each image is opened once first, and the
     unreadable ones are left out (or, with data.unreadable=refuse, the run refused) before anything is
     written. The test split's pixels are read for that look only; its labels and the model never meet here."""
-    from ..data.folders import csv_metadata
+    from ..data.folders import subgroup_metadata
     from ..data.look import look_at, look_text
     if cfg["subgroups"]:  # the columns reports will need, checked now rather than after training
-        if not cfg["data"]["csv"]:
-            raise DataError(f"subgroups {cfg['subgroups']}: metadata columns come from a CSV manifest (data.csv)")
-        csv_metadata(cfg["data"]["csv"], cfg["subgroups"])
+        subgroup_metadata(cfg)
     look = look_at(build_data(cfg, augment=False), progress=show)
     if look.unreadable and cfg["data"]["unreadable"] == "refuse":
         raise DataError(f"{len(look.unreadable)} unreadable file(s), and data.unreadable=refuse: "
