@@ -32,11 +32,12 @@ import numba
 import numpy as np
 import torch
 from llvmlite import ir
+import llvmlite.binding as _llvm
 from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
 from .cross_scan import NUM_DIRECTIONS, scan_order
-from .scan_reference import compute_dtype, finish_scan, fold_rows, pixel_rows
+from .scan_reference import compute_dtype, finish_scan, pixel_rows
 
 BLOCK_ROWS = 64  # rows per block, the SIMD lanes of every inner loop; fewer when that leaves threads idle
 SEGMENT = 64  # steps rebuilt at a time in the backward
@@ -206,9 +207,9 @@ def _block_layout(n_u, n_rows, groups, rows):
 def _columns_in(src, c0, out):
     """out[p, r] = src[p, c0 + r]: a block of rows with the rows side by side, the SIMD lanes."""
     for p in range(out.shape[0]):
-        row = src[p]
-        for r in range(out.shape[1]):
-            out[p, r] = row[c0 + r]
+        row, o = src[p, c0:c0 + out.shape[1]], out[p]
+        for r in range(o.shape[0]):
+            o[r] = row[r]
 
 
 @njit(inline="always", **_JIT)
@@ -216,10 +217,12 @@ def _step_sizes_in(delta, bias, row0, softplus, out):
     """out[p, r] = softplus(delta[p, row0 + r] + bias[row0 + r]) (or without softplus): no (batch, L, rows)
     tensor of step sizes is ever allocated."""
     zero = out.dtype.type(0.0)
+    nr = out.shape[1]
+    bias = bias[row0:row0 + nr]
     for p in range(out.shape[0]):
-        row, o = delta[p], out[p]
-        for r in range(out.shape[1]):
-            o[r] = _step_size(row[row0 + r] + bias[row0 + r], zero, softplus)
+        row, o = delta[p, row0:row0 + nr], out[p]
+        for r in range(nr):
+            o[r] = _step_size(row[r] + bias[r], zero, softplus)
 
 
 @njit(inline="always", **_JIT)
@@ -248,7 +251,7 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
 
     A task owns one block of channels of one batch element and all their rows, direction by direction,
     so no two tasks write the same y. Unless ``starts`` is empty, the state at the start of every
-    SEGMENT steps is kept there for the backward, (batch, rows, segments, N): a few KB a row.
+    SEGMENT steps is kept there for the backward, (batch, segments, N, rows): a few KB a row.
     """
     batch, length, n_u = u.shape
     n_rows, n_state = A.shape
@@ -286,17 +289,18 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
             h[:] = zero
             for seg in range(n_segments):
                 if keep:
-                    for r in range(nr):
-                        for n in range(n_state):
-                            starts[b, row0 + r, seg, n] = h[n, r]
+                    for n in range(n_state):
+                        kept, hn = starts[b, seg, n, row0:row0 + nr], h[n]
+                        for r in range(nr):
+                            kept[r] = hn[r]
                 for step in range(seg * SEGMENT, min((seg + 1) * SEGMENT, length)):
                     p = order_g[step]
                     _dt_x(dtT[p], xT[p], dtx)
                     _state_step(Bs[b, p, g], Cs[b, p, g], dtT[p], dtx, a2T, h, yT[p])
         for p in range(length):
-            y_p, y_t, x_t = y[b, p], yT[p], xT[p]
+            y_p, y_t, x_t = y[b, p, c0:c0 + nr], yT[p], xT[p]
             for r in range(nr):
-                y_p[c0 + r] = y_t[r] + d_sum[r] * x_t[r]
+                y_p[r] = y_t[r] + d_sum[r] * x_t[r]
 
 
 # The backward's per-step work is split into loops over the block's rows that each touch few arrays:
@@ -315,148 +319,138 @@ def _recompute_step(b_p, dts, dtx, a2T, h_prev, h_s, da_s):
 
 
 @njit(inline="always", **_JIT)
-def _carry_step(c_p, gys, da_s, carry, gh_s):
-    """The only sequential part of the backward: gh_t = dy_t C_t + exp(dt_{t+1} A) gh_{t+1} (dL/dh_t)."""
-    for n in range(carry.shape[0]):
-        cn, cr, ghn, dan = c_p[n], carry[n], gh_s[n], da_s[n]
-        for r in range(cr.shape[0]):
-            gh = gys[r] * cn + cr[r]
-            ghn[r] = gh
-            cr[r] = gh * dan[r]
-
-
-@njit(inline="always", **_JIT)
-def _step_grads(b_p, dts, dtx, gys, aT, h_prev, h_s, da_s, gh_s, dB_s, dC_s, gda, gb, ga, dA_acc):
-    """One step's gradients: dB, dC (summed over the block's rows), and per row
-    gb = sum_n gh B (for du and ddelta), ga = sum_n gh h_prev exp(dt A) A (for ddelta), dA."""
+def _reverse_step(b_p, c_p, dts, dtx, gys, aT, h_prev, h_s, da_s, carry, dB_s, dC_s, gb, ga, dA_acc):
+    """One step of the reverse sweep, every state of every row in the block, in one loop per state:
+    the adjoint gh = dy C + carry (dL/dh; carry = exp(dt_{t+1} A) gh_{t+1}), then the step's gradients:
+    dB and dC (summed over the block's rows), and per row gb = sum_n gh B (for du and ddelta),
+    ga = sum_n gh exp(dt A) h_prev A (for ddelta) and dA. One loop per state, not one per quantity: each
+    loop costs its setup and overlap checks, which over a block's rows cost about as much as the arithmetic.
+    (exp(dt A) h_prev is read, not taken as h - dt x B: that difference is rounding noise where h_prev is 0.)"""
     zero = dts.dtype.type(0.0)
     gb[:] = zero
     ga[:] = zero
     for n in range(aT.shape[0]):
-        hn, ghn = h_s[n], gh_s[n]
+        cn, bn = c_p[n], b_p[n]
+        hn, hp, dan, an, cr, dAn = h_s[n], h_prev[n], da_s[n], aT[n], carry[n], dA_acc[n]
         dc = zero
         db = zero
         for r in range(hn.shape[0]):
+            g = gys[r] * cn + cr[r]
+            cr[r] = g * dan[r]
             dc += gys[r] * hn[r]
-            db += ghn[r] * dtx[r]
+            db += g * dtx[r]
+            gda = g * hp[r] * dan[r]
+            gb[r] += g * bn
+            ga[r] += gda * an[r]
+            dAn[r] += gda * dts[r]
         dC_s[n] += dc
         dB_s[n] += db
-        bn, hp, dan = b_p[n], h_prev[n], da_s[n]
-        for r in range(hn.shape[0]):
-            gda[r] = ghn[r] * hp[r] * dan[r]
-            gb[r] += ghn[r] * bn
-        an, dAn = aT[n], dA_acc[n]
-        for r in range(hn.shape[0]):
-            ga[r] += gda[r] * an[r]
-            dAn[r] += gda[r] * dts[r]
 
 
 @njit(inline="always", **_JIT)
-def _input_grads(D, gys, xs, dus, dD_acc, du_out):
-    """dD += dy x; du = D dy + the scan's part (one row block at one pixel)."""
-    for r in range(gys.shape[0]):
-        dD_acc[r] += gys[r] * xs[r]
-    for r in range(gys.shape[0]):
-        du_out[r] = D[r] * gys[r] + dus[r]
-
-
-@njit(inline="always", **_JIT)
-def _step_size_grads(d_in, bias, softplus, dds, dd_out):
-    """ddelta = d(step size) times softplus' at delta + bias (or as it is without softplus). One loop
-    for all of this touched more arrays than LLVM's overlap checks allow (see above) and took
-    13% of the 64 px forward + backward (BENCHMARKS.md)."""
+def _delta_grads(gb, xs, ga, d_in, bias, softplus, dd_out):
+    """ddelta = (gb x + ga) times softplus' at delta + bias (or as it is without softplus)."""
     if softplus:
-        one = dds.dtype.type(1.0)
-        for r in range(dds.shape[0]):
-            dd_out[r] = dds[r] * _sigmoid(d_in[r] + bias[r], one)
+        one = gb.dtype.type(1.0)
+        for r in range(gb.shape[0]):
+            dd_out[r] = (gb[r] * xs[r] + ga[r]) * _sigmoid(d_in[r] + bias[r], one)
     else:
-        for r in range(dds.shape[0]):
-            dd_out[r] = dds[r]
+        for r in range(gb.shape[0]):
+            dd_out[r] = gb[r] * xs[r] + ga[r]
 
 
 @njit(parallel=True, **_JIT)
-def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_all, n_chunks,
-              du_rows, ddelta, dA_b, dD_b, dB_p, dC_p):
-    """Gradients; each task owns (batch b, group g, chunk of g's row blocks) and writes only its own slots.
+def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_all, du, ddelta, dA_b, dD_b, dB_p, dC_p):
+    """Gradients. A task owns what a forward task owns, one block of channels of one batch element with all
+    their rows, so it writes du of its channels whole (its directions summed in the task: no (batch, L, rows)
+    gradient to fold afterwards), ddelta, dA and dD of its rows, and its own partial dB and dC
+    (dB_p[b, block]), summed over the blocks afterwards.
 
-    The reverse sweep rebuilds one SEGMENT of states at a time from the segment starts the forward kept,
-    instead of storing all (batch, rows, L, N) of them.
+    Per direction, the reverse sweep rebuilds one SEGMENT of states at a time from the segment starts the
+    forward kept, instead of storing all (batch, rows, L, N) of them, then walks it backwards once: the
+    adjoint gh and every gradient of a step in one pass, so gh is never stored.
     """
     batch, length, n_u = u.shape
     n_rows, n_state = A.shape
     groups = Bs.shape[2]
     rows_per_group = n_rows // groups
+    per_channel = n_rows // n_u
     span, per_span = _block_layout(n_u, n_rows, groups, rows)
-    n_blocks = (rows_per_group // span) * per_span
+    n_blocks = (n_u // span) * per_span
     n_segments = (length + SEGMENT - 1) // SEGMENT
+    zero = u.dtype.type(0.0)
     log2e = u.dtype.type(_LOG2E)
-    for task in prange(batch * groups * n_chunks):
-        b = task // (groups * n_chunks)
-        g = (task // n_chunks) % groups
-        chunk = task % n_chunks
-        dB, dC = dB_p[b, g, chunk], dC_p[b, g, chunk]
-        order_g = order[g]
-        for block in range((chunk * n_blocks) // n_chunks, ((chunk + 1) * n_blocks) // n_chunks):
-            first = g * rows_per_group + (block // per_span) * span
-            row0 = first + (block % per_span) * rows
-            nr = min(rows, first + span - row0)
-            c0 = row0 % n_u
-            xT = np.empty((length, nr), u.dtype)
-            dyT = np.empty((length, nr), u.dtype)
-            dtT = np.empty((length, nr), u.dtype)
-            duT = np.empty((length, nr), u.dtype)
-            ddT = np.empty((length, nr), u.dtype)
-            aT = np.empty((n_state, nr), u.dtype)
-            a2T = np.empty((n_state, nr), u.dtype)
-            h0 = np.empty((n_state, nr), u.dtype)
-            hs = np.empty((SEGMENT, n_state, nr), u.dtype)
-            das = np.empty((SEGMENT, n_state, nr), u.dtype)
-            ghs = np.empty((SEGMENT, n_state, nr), u.dtype)
-            carry = np.zeros((n_state, nr), u.dtype)
-            dA_acc = np.zeros((n_state, nr), u.dtype)
-            dD_acc = np.zeros(nr, u.dtype)
-            gda = np.empty(nr, u.dtype)
-            dtx = np.empty(nr, u.dtype)
-            gb = np.empty(nr, u.dtype)
-            ga = np.empty(nr, u.dtype)
-            _columns_in(u[b], c0, xT)
-            _columns_in(dy[b], c0, dyT)
+    for task in prange(batch * n_blocks):
+        b = task // n_blocks
+        block = task % n_blocks
+        c0 = (block // per_span) * span + (block % per_span) * rows
+        nr = min(rows, (block // per_span + 1) * span - c0)
+        dB, dC = dB_p[b, block], dC_p[b, block]
+        xT = np.empty((length, nr), u.dtype)
+        dyT = np.empty((length, nr), u.dtype)
+        dtT = np.empty((length, nr), u.dtype)
+        duT = np.zeros((length, nr), u.dtype)
+        aT = np.empty((n_state, nr), u.dtype)
+        a2T = np.empty((n_state, nr), u.dtype)
+        h0 = np.empty((n_state, nr), u.dtype)
+        hs = np.empty((SEGMENT, n_state, nr), u.dtype)
+        das = np.empty((SEGMENT, n_state, nr), u.dtype)
+        carry = np.empty((n_state, nr), u.dtype)
+        dA_acc = np.empty((n_state, nr), u.dtype)
+        dD_acc = np.zeros(nr, u.dtype)
+        d_sum = np.zeros(nr, u.dtype)
+        dtx = np.empty(nr, u.dtype)
+        gb = np.empty(nr, u.dtype)
+        ga = np.empty(nr, u.dtype)
+        _columns_in(u[b], c0, xT)
+        _columns_in(dy[b], c0, dyT)
+        for direction in range(per_channel):
+            row0 = direction * n_u + c0
+            g = row0 // rows_per_group
+            order_g = order[g]
+            bias_rows = bias[row0:row0 + nr]
             _step_sizes_in(delta[b], bias, row0, softplus, dtT)
             for r in range(nr):
+                d_sum[r] += D[row0 + r]
                 for n in range(n_state):
                     aT[n, r] = A[row0 + r, n]
                     a2T[n, r] = A[row0 + r, n] * log2e
+            carry[:] = zero
+            dA_acc[:] = zero
             for seg in range(n_segments - 1, -1, -1):
                 start = seg * SEGMENT
                 stop = min(start + SEGMENT, length)
-                for r in range(nr):
-                    for n in range(n_state):
-                        h0[n, r] = starts_all[b, row0 + r, seg, n]
+                for n in range(n_state):
+                    kept, h0n = starts_all[b, seg, n, row0:row0 + nr], h0[n]
+                    for r in range(nr):
+                        h0n[r] = kept[r]
                 for k in range(stop - start):
                     p = order_g[start + k]
                     _dt_x(dtT[p], xT[p], dtx)
                     _recompute_step(Bs[b, p, g], dtT[p], dtx, a2T, hs[k - 1] if k > 0 else h0, hs[k], das[k])
                 for k in range(stop - start - 1, -1, -1):
                     p = order_g[start + k]
-                    _carry_step(Cs[b, p, g], dyT[p], das[k], carry, ghs[k])
-                for k in range(stop - start):
-                    p = order_g[start + k]
                     dts, xs, gys = dtT[p], xT[p], dyT[p]
                     _dt_x(dts, xs, dtx)
-                    _step_grads(Bs[b, p, g], dts, dtx, gys, aT, hs[k - 1] if k > 0 else h0, hs[k], das[k], ghs[k],
-                                dB[p], dC[p], gda, gb, ga, dA_acc)
-                    du_p, dd_p = duT[p], ddT[p]
+                    _reverse_step(Bs[b, p, g], Cs[b, p, g], dts, dtx, gys, aT, hs[k - 1] if k > 0 else h0, hs[k],
+                                  das[k], carry, dB[p, g], dC[p, g], gb, ga, dA_acc)
+                    du_p = duT[p]
                     for r in range(nr):
-                        du_p[r] = gb[r] * dts[r]
-                        dd_p[r] = gb[r] * xs[r] + ga[r]
-            for p in range(length):
-                _input_grads(D[row0:row0 + nr], dyT[p], xT[p], duT[p], dD_acc, du_rows[b, p, row0:row0 + nr])
-                _step_size_grads(delta[b, p, row0:row0 + nr], bias[row0:row0 + nr], softplus, ddT[p],
+                        du_p[r] += gb[r] * dts[r]
+                    _delta_grads(gb, xs, ga, delta[b, p, row0:row0 + nr], bias_rows, softplus,
                                  ddelta[b, p, row0:row0 + nr])
             for r in range(nr):
-                dD_b[b, row0 + r] = dD_acc[r]
                 for n in range(n_state):
                     dA_b[b, row0 + r, n] = dA_acc[n, r]
+        for p in range(length):
+            gys, xs, du_t, du_p = dyT[p], xT[p], duT[p], du[b, p, c0:c0 + nr]
+            for r in range(nr):
+                dD_acc[r] += gys[r] * xs[r]
+            for r in range(nr):
+                du_p[r] = du_t[r] + d_sum[r] * gys[r]
+        for direction in range(per_channel):  # every direction of a channel reads the same x and dy
+            for r in range(nr):
+                dD_b[b, direction * n_u + c0 + r] = dD_acc[r]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -491,7 +485,7 @@ def _forward(u, delta, A, B, C, D, bias, order, softplus, threads, keep_states):
     batch, length, n_u = u.shape
     rows = _block_rows(batch, n_u, delta.shape[2], B.shape[2], threads)
     y = np.empty_like(u)
-    shape = (batch, delta.shape[2], -(-length // SEGMENT), A.shape[1]) if keep_states else (0, 0, 0, 0)
+    shape = (batch, -(-length // SEGMENT), A.shape[1], delta.shape[2]) if keep_states else (0, 0, 0, 0)
     starts = np.empty(shape, u.dtype)
     _scan_fwd(u, delta, A, B, C, D, bias, softplus, order, rows, y, starts)
     return y, starts, rows
@@ -527,24 +521,19 @@ class _FusedScan(torch.autograd.Function):
         batch, length, n_u = u.shape
         n_rows, n_state = A.shape
         groups = B.shape[2]
-        du_rows = torch.empty_like(delta)
+        span = min(n_rows // groups, n_u)
+        n_blocks = (n_u // span) * -(-span // ctx.rows)
+        du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
         dA_b = torch.empty(batch, n_rows, n_state, dtype=u.dtype)
         dD_b = torch.empty(batch, n_rows, dtype=u.dtype)
-        with _torch_threads() as threads:
-            # Enough tasks to keep every thread busy, never more chunks than row blocks in a group.
-            span = min(n_rows // groups, n_u)
-            n_blocks = (n_rows // groups // span) * -(-span // ctx.rows)
-            n_chunks = max(1, min(n_blocks, -(-2 * threads // (batch * groups))))
-            dB_p = torch.zeros(batch, groups, n_chunks, length, n_state, dtype=u.dtype)
-            dC_p = torch.zeros_like(dB_p)
-            _scan_bwd(_np(u), _np(delta), _np(A), _np(B), _np(C), _np(D), _np(bias), ctx.softplus, _np(order),
-                      ctx.rows, _np(dy.contiguous()), _np(starts), n_chunks, _np(du_rows), _np(ddelta), _np(dA_b),
-                      _np(dD_b), _np(dB_p), _np(dC_p))
-        du = fold_rows(du_rows, n_u, dim=2)
-        dB = dB_p.sum(2).transpose(1, 2)
-        dC = dC_p.sum(2).transpose(1, 2)
-        return du, ddelta, dA_b.sum(0), dB, dC, dD_b.sum(0), ddelta.sum((0, 1)), None, None
+        dB_p = torch.zeros(batch, n_blocks, length, groups, n_state, dtype=u.dtype)
+        dC_p = torch.zeros_like(dB_p)
+        with _torch_threads():
+            _scan_bwd(*(_np(t) for t in (u, delta, A, B, C, D, bias)), ctx.softplus, _np(order), ctx.rows,
+                      _np(dy.contiguous()), _np(starts), _np(du), _np(ddelta), _np(dA_b), _np(dD_b), _np(dB_p),
+                      _np(dC_p))
+        return du, ddelta, dA_b.sum(0), dB_p.sum(1), dC_p.sum(1), dD_b.sum(0), ddelta.sum((0, 1)), None, None
 
 
 def _run(u, delta, A, B, C, D, delta_bias, order, softplus):
