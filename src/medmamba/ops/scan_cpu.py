@@ -16,11 +16,13 @@ transposed into (L, rows) buffers and every inner loop runs over the block's row
 step broadcast. The state dimension (16) is too short a loop for LLVM: vectorised 16 wide and
 interleaved twice, a 16-state loop ran entirely in the 4-wide remainder, and per-step overhead
 (index arithmetic, run-time overlap checks) was paid by every row; in a block it is paid once for all
-rows. exp and softplus are polynomials for float32 because pip's numba has no vector math library
-(torch's own softplus ran at 6 ns an element here). The forward is parallel over (batch, block of
-channels) and keeps the state every SEGMENT steps; the backward is parallel over (batch, group, chunk of
-blocks), each task accumulating its own dB/dC so there are no races, and it rebuilds one segment of
-states at a time instead of storing all (batch, dim, L, N) of them.
+rows. Every inner loop indexes with its own loop variable on a slice taken before the loop: ``a[c0 + r]``
+makes numba wrap negative indices, and LLVM then leaves the loop scalar (the per-(row, step) loops ran
+6-10x slower that way). exp and softplus are polynomials for float32 because pip's numba has no vector math library
+(torch's own softplus ran at 6 ns an element here). Both passes are parallel over (batch, block of
+channels), a task taking the block's rows of every direction; the forward keeps the state every SEGMENT
+steps, and the backward, each task accumulating its own dB/dC so there are no races, rebuilds one segment
+of states at a time instead of storing all (batch, dim, L, N) of them.
 """
 from __future__ import annotations
 
@@ -303,19 +305,19 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
                 y_p[r] = y_t[r] + d_sum[r] * x_t[r]
 
 
-# The backward's per-step work is split into loops over the block's rows that each touch few arrays:
-# LLVM vectorises a loop only if it needs at most 8 run-time overlap checks between the arrays it reads
-# and writes, and a loop doing more silently runs scalar.
+# The backward's per-step work runs as one loop over the block's rows per state. It ran as one loop per
+# quantity (so that each touched few arrays), but every loop pays its set-up and its run-time overlap
+# checks between the arrays, and over a block's 64 rows that cost as much as the arithmetic: merged, the
+# backward took 0.8x the time (BENCHMARKS.md).
 @njit(inline="always", **_JIT)
 def _recompute_step(b_p, dts, dtx, a2T, h_prev, h_s, da_s):
     """h_s = exp(dt A) h_prev + dt B x, keeping exp(dt A) in da_s."""
     for n in range(a2T.shape[0]):
-        a2n, da_n = a2T[n], da_s[n]
+        a2n, da_n, bn, hp, hn = a2T[n], da_s[n], b_p[n], h_prev[n], h_s[n]
         for r in range(a2n.shape[0]):
-            da_n[r] = _exp2(dts[r] * a2n[r])
-        bn, hp, hn = b_p[n], h_prev[n], h_s[n]
-        for r in range(a2n.shape[0]):
-            hn[r] = da_n[r] * hp[r] + dtx[r] * bn
+            d = _exp2(dts[r] * a2n[r])
+            da_n[r] = d
+            hn[r] = d * hp[r] + dtx[r] * bn
 
 
 @njit(inline="always", **_JIT)
@@ -323,9 +325,8 @@ def _reverse_step(b_p, c_p, dts, dtx, gys, aT, h_prev, h_s, da_s, carry, dB_s, d
     """One step of the reverse sweep, every state of every row in the block, in one loop per state:
     the adjoint gh = dy C + carry (dL/dh; carry = exp(dt_{t+1} A) gh_{t+1}), then the step's gradients:
     dB and dC (summed over the block's rows), and per row gb = sum_n gh B (for du and ddelta),
-    ga = sum_n gh exp(dt A) h_prev A (for ddelta) and dA. One loop per state, not one per quantity: each
-    loop costs its setup and overlap checks, which over a block's rows cost about as much as the arithmetic.
-    (exp(dt A) h_prev is read, not taken as h - dt x B: that difference is rounding noise where h_prev is 0.)"""
+    ga = sum_n gh exp(dt A) h_prev A (for ddelta) and dA. (exp(dt A) h_prev is computed, not taken as
+    h - dt x B: that difference is rounding noise where h_prev is 0.)"""
     zero = dts.dtype.type(0.0)
     gb[:] = zero
     ga[:] = zero
