@@ -228,6 +228,21 @@ def _step_sizes_in(delta, bias, row0, softplus, out):
 
 
 @njit(inline="always", **_JIT)
+def _row_params(A, D, row0, log2e, aT, a2T, d_sum):
+    """The block's A as state tiles, aT[n, r] = A[row0 + r, n] and a2T = aT log2(e) (unless aT is empty);
+    d_sum[r] += D[row0 + r]."""
+    nr = a2T.shape[1]
+    a_rows, d_rows = A[row0:row0 + nr], D[row0:row0 + nr]
+    for r in range(nr):
+        d_sum[r] += d_rows[r]
+        a_r = a_rows[r]
+        for n in range(a2T.shape[0]):
+            a2T[n, r] = a_r[n] * log2e
+            if aT.shape[0]:
+                aT[n, r] = a_r[n]
+
+
+@njit(inline="always", **_JIT)
 def _dt_x(dts, xs, dtx):
     """dtx = dt x, shared by the step's N states."""
     for r in range(dtx.shape[0]):
@@ -284,10 +299,7 @@ def _scan_fwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, y, starts):
             g = row0 // rows_per_group
             order_g = order[g]
             _step_sizes_in(delta[b], bias, row0, softplus, dtT)
-            for r in range(nr):
-                d_sum[r] += D[row0 + r]
-                for n in range(n_state):
-                    a2T[n, r] = A[row0 + r, n] * log2e
+            _row_params(A, D, row0, log2e, a2T[:0], a2T, d_sum)
             h[:] = zero
             for seg in range(n_segments):
                 if keep:
@@ -411,11 +423,7 @@ def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_al
             order_g = order[g]
             bias_rows = bias[row0:row0 + nr]
             _step_sizes_in(delta[b], bias, row0, softplus, dtT)
-            for r in range(nr):
-                d_sum[r] += D[row0 + r]
-                for n in range(n_state):
-                    aT[n, r] = A[row0 + r, n]
-                    a2T[n, r] = A[row0 + r, n] * log2e
+            _row_params(A, D, row0, log2e, aT, a2T, d_sum)
             carry[:] = zero
             dA_acc[:] = zero
             for seg in range(n_segments - 1, -1, -1):
