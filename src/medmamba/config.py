@@ -177,6 +177,18 @@ SCHEMA: dict[str, Any] = {
     "clip_grad": number(None, "max gradient norm", 0, lo_open=True, optional=True),
     "label_smoothing": number(0.0, "cross-entropy label smoothing", 0, 1, hi_open=True),
     "mixup": number(0.0, "mixup alpha: each batch blended with a shuffled copy, weight ~ Beta(a, a); 0: off", 0),
+    "distill": {
+        "teacher": Key(None, "distillation: the training run folder of a teacher, or a list of them (a seed ensemble, "
+                       "probabilities averaged), trained on the same data, classes, input and train split",
+                       "null, a run folder, or a list of run folders",
+                       lambda v: v is None or (isinstance(v, str) and v != "") or (
+                           isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x for x in v))),
+        "alpha": number(0.5, "weight of the teacher's term; the labels' term gets 1 - alpha", 0, 1),
+        "temperature": number(1.0, "soft: temperature of both softmaxes (the term is scaled by T^2)", 0,
+                              lo_open=True),
+        "kind": choice("soft", "soft (KL divergence to the teacher's tempered probabilities) or hard (cross-entropy "
+                       "to its predicted class, DeiT)", ("soft", "hard")),
+    },
     "class_weights": Key(None, "null, balanced (inverse class frequency) or one weight per class",
                          "null, balanced, or a list of positive numbers",
                          lambda v: v is None or v == "balanced" or numbers(None, "", lo=0, lo_open=True).check(v)),

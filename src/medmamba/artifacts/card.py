@@ -52,6 +52,7 @@ class ModelCard:
     weights: Optional[str] = None               # "ema" or "raw": which weights validated better
     conformal: Optional[dict] = None            # prediction sets calibrated on validation (ConformalSets.to_dict)
     ood: Optional[dict] = None                  # out-of-distribution score: method, threshold set on validation
+    teacher: Optional[list] = None              # distillation: the teacher runs' folders, as configured
     extra: dict = field(default_factory=dict)   # keys this version does not know, kept when rewritten
 
     @property

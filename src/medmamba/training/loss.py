@@ -1,5 +1,5 @@
 """The training objective: cross-entropy (or, multi-label, binary cross-entropy) with class weights and
-label smoothing, optionally on mixup blends of the batch."""
+label smoothing, optionally on mixup blends of the batch, optionally with a teacher's term (distill.py)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -31,15 +31,16 @@ class TrainingLoss:
     """``loss(model, x, y)``: the model's loss on a batch, in the configured precision."""
 
     def __init__(self, multi_label: bool, class_weights: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
-                 mixup: float = 0.0, amp: Optional[str] = None, device="cpu"):
+                 mixup: float = 0.0, amp: Optional[str] = None, device="cpu", teacher=None):
         self.multi_label, self.label_smoothing, self.mixup = multi_label, label_smoothing, mixup
+        self.teacher = teacher  # distill.Teacher or None
         self.amp, self.device = amp, device
         self.class_weights = class_weights.to(device) if class_weights is not None else None
 
     @classmethod
-    def from_config(cls, cfg: dict, data, device) -> "TrainingLoss":
+    def from_config(cls, cfg: dict, data, device, teacher=None) -> "TrainingLoss":
         return cls(data.multi_label, class_weight_tensor(cfg, data), cfg["label_smoothing"], cfg["mixup"], cfg["amp"],
-                   device)
+                   device, teacher)
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
@@ -53,9 +54,20 @@ class TrainingLoss:
         if not self.mixup:
             with autocast(self.device, self.amp):
                 logits = model(x)
-            return self.criterion(logits, y)
+            return self.with_teacher(self.criterion(logits, y), logits, x)
         lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
         perm = torch.randperm(len(x)).to(x.device)
+        blend = lam * x + (1 - lam) * x[perm]
         with autocast(self.device, self.amp):
-            logits = model(lam * x + (1 - lam) * x[perm])
-        return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])
+            logits = model(blend)
+        return self.with_teacher(lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm]),
+                                 logits, blend)
+
+    def with_teacher(self, labels_loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(1 - alpha) the labels' loss + alpha the teacher's term, the teacher seeing the same (augmented,
+        blended) images as the student."""
+        if self.teacher is None:
+            return labels_loss
+        with autocast(self.device, self.amp):
+            teacher_term = self.teacher.loss(logits, x)
+        return (1 - self.teacher.alpha) * labels_loss + self.teacher.alpha * teacher_term

@@ -35,6 +35,7 @@ from ..files import atomic_write_text, refuse_existing
 from ..models.timm_models import TIMM_PREFIX
 from ..ops.selective_scan import resolve_backend
 from .log import MetricsLog
+from .distill import Teacher, teacher_runs
 from .loss import TrainingLoss
 from .monitor import CheckpointChoice, WarningMonitor
 from .optim import build_optimisation
@@ -154,7 +155,8 @@ def model_card(cfg: dict, data, state: TrainState) -> ModelCard:
     return ModelCard(model=cfg["model"], model_args=cfg["model_args"], num_classes=data.num_classes,
                      in_chans=data.channels, classes=list(data.classes), task=data.task, img_size=d["img_size"],
                      mean=d["mean"], std=d["std"], normalize=d["normalize"], dataset=data.name, tta=cfg["tta"],
-                     epoch=state.best_epoch, monitor=cfg["monitor"], value=state.best, weights=state.best_weights)
+                     epoch=state.best_epoch, monitor=cfg["monitor"], value=state.best, weights=state.best_weights,
+                     teacher=teacher_runs(cfg) or None)
 
 
 def training_device(cfg: dict, distributed_device: Optional[torch.device]) -> torch.device:
@@ -182,12 +184,13 @@ class Trainer:
         if self.world > 1:
             self.model = dist_utils.convert_batchnorm(self.model, self.device)
         self.positive = operating_point_class(cfg, self.data)
+        self.teacher = Teacher.from_config(cfg, self.data, self.device)  # refused here, before any file is written
         prepare_output(self.run, cfg, resume, overwrite, create=not resume, data=self.data)
         n_train = len(self.data.splits["train"])
         self.steps_per_epoch = max(1, math.ceil(math.ceil(n_train / self.world) / cfg["batch_size"]))
         self.optimizer, self.scheduler, self.scaler, self.ema = build_optimisation(
             self.model, cfg, self.steps_per_epoch, self.device)
-        self.loss = TrainingLoss.from_config(cfg, self.data, self.device)
+        self.loss = TrainingLoss.from_config(cfg, self.data, self.device, self.teacher)
         self.state = TrainState()
         self.ddp_model = self.model
         if self.world > 1:

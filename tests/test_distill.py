@@ -1,0 +1,99 @@
+"""Distillation (issue 28, point 1): the teacher's term against hand-computed values, the teacher seeing the
+student's augmented batch, a run distilled end to end, and every teacher that does not fit refused in one
+line before anything is written."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medmamba.training.distill import Teacher, distillation_loss
+from medmamba.training.loss import TrainingLoss
+
+from .helpers import TINY, needs_medmnist, run_python, tiny_cfg
+
+
+def test_soft_and_hard_terms_by_hand():
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    teacher_logits = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    T = 2.0
+    q = np.exp(teacher_logits / T) / np.exp(teacher_logits / T).sum(1, keepdims=True)
+    p = np.exp(student.numpy() / T) / np.exp(student.numpy() / T).sum(1, keepdims=True)
+    kl = (q * (np.log(q) - np.log(p))).sum(1).mean() * T * T          # Hinton: KL(q || p) T^2, batch mean
+    got = distillation_loss(student, torch.tensor(q, dtype=torch.float32), "soft", T)
+    assert math.isclose(float(got), kl, rel_tol=1e-5)
+    # hard (DeiT): cross-entropy to the teacher's argmax, at temperature 1
+    s = student.numpy()
+    log_p = s - np.log(np.exp(s).sum(1, keepdims=True))
+    ce = -(log_p[0, 1] + log_p[1, 2]) / 2
+    assert math.isclose(float(distillation_loss(student, torch.tensor(q), "hard", T)), ce, rel_tol=1e-5)
+    # multi-label soft: binary cross-entropy per class against the tempered sigmoids, times T^2
+    target = 1 / (1 + np.exp(-teacher_logits / T))
+    z = s / T
+    bce = np.mean(np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z)))) * T * T
+    got = distillation_loss(student, torch.tensor(target, dtype=torch.float32), "soft", T, multi_label=True)
+    assert math.isclose(float(got), bce, rel_tol=1e-5)
+
+
+def test_training_loss_mixes_labels_and_teacher_on_the_same_blended_batch():
+    torch.manual_seed(0)
+    student, teacher_model = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    seen = []
+    teacher_model.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+    teacher = Teacher([teacher_model], kind="soft", temperature=3.0, alpha=0.25)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = TrainingLoss(False, mixup=0.4, teacher=teacher)
+    torch.manual_seed(1)
+    got = loss(student, x, y)
+    torch.manual_seed(1)  # the same blend, by hand
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(6)
+    blend = lam * x + (1 - lam) * x[perm]
+    assert torch.equal(seen[0], blend)  # the teacher saw the student's (blended) images
+    logits = student(blend)
+    labels = lam * torch.nn.functional.cross_entropy(logits, y) + (1 - lam) * torch.nn.functional.cross_entropy(
+        logits, y[perm])
+    q = torch.softmax(teacher_model(blend) / 3.0, 1)
+    kd = 9.0 * torch.nn.functional.kl_div(torch.log_softmax(logits / 3.0, 1), q, reduction="batchmean")
+    assert torch.allclose(got, 0.75 * labels + 0.25 * kd, rtol=1e-6)
+    got.backward()
+    assert all(p.grad is None for p in teacher_model.parameters())  # frozen
+
+
+@needs_medmnist
+def test_distilled_run_records_its_teacher_and_a_mismatched_teacher_is_refused(tmp_path):
+    from medmamba.artifacts.card import read_card
+    from medmamba.training.trainer import train
+    teacher = tmp_path / "teacher"
+    train(tiny_cfg("epochs=1"), teacher, progress=False, test_split=None)
+    student = tmp_path / "student"
+    train(tiny_cfg("epochs=1", f"distill.teacher={teacher}", "distill.kind=hard", "seed=1"), student,
+          progress=False, test_split=None)
+    card = read_card(student / "checkpoints" / "best" / "model.safetensors")
+    assert card.teacher == [str(teacher)]
+
+    def cli(*args):
+        return run_python("import sys; from medmamba.cli import main; sys.exit(main(sys.argv[1:]))", *args,
+                          check=False)
+    cases = [(["data.medmnist=pneumoniamnist"], "was trained on other data"),  # another data file
+             (["data.max_samples=30"], "was trained on other data"),         # another train split
+             (["data.img_size=32"], "does not take this run's input"),       # another input size
+             ([], "not a finished training run folder")]                     # not a run
+    for i, (extra, message) in enumerate(cases):
+        target = tmp_path / f"refused{i}"
+        which = teacher if extra else tmp_path
+        proc = cli("train", "--output", target, *TINY, "epochs=1", f"distill.teacher=[{which}]", *extra)
+        lines = [line for line in proc.stderr.strip().splitlines() if line]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+        assert not target.exists()
+
+
+@pytest.mark.parametrize("value,ok", [("null", True), ("runs/a", True), ("[runs/a, runs/b]", True), ("[]", False),
+                                      ("3", False)])
+def test_distill_teacher_key_allows_a_folder_or_a_list(value, ok):
+    from medmamba.errors import ConfigError
+    if ok:
+        tiny_cfg(f"distill.teacher={value}")
+    else:
+        with pytest.raises(ConfigError, match="distill.teacher"):
+            tiny_cfg(f"distill.teacher={value}")
