@@ -154,6 +154,9 @@ SCHEMA: dict[str, Any] = {
         "brightness": number(AugmentConfig.brightness, "ColorJitter brightness", 0),
         "contrast": number(AugmentConfig.contrast, "ColorJitter contrast", 0),
         "erasing": number(AugmentConfig.erasing, "RandomErasing probability", 0, 1),
+        "policy": choice(AugmentConfig.policy, "an automatic augmentation policy after the steps above: "
+                         "trivialaugment (torchvision's TrivialAugmentWide) or randaugment (RandAugment); null: none",
+                         ("trivialaugment", "randaugment"), optional=True),
     },
     "epochs": integer(30, "training epochs"),
     "batch_size": integer(32, "training batch size (all processes together under torchrun)"),
@@ -177,9 +180,12 @@ SCHEMA: dict[str, Any] = {
     "clip_grad": number(None, "max gradient norm", 0, lo_open=True, optional=True),
     "label_smoothing": number(0.0, "cross-entropy label smoothing", 0, 1, hi_open=True),
     "mixup": number(0.0, "mixup alpha: each batch blended with a shuffled copy, weight ~ Beta(a, a); 0: off", 0),
+    "cutmix": number(0.0, "CutMix alpha: a box of each image replaced by another's, area ~ Beta(a, a), labels in "
+                     "proportion; with mixup too, each batch takes one of the two at random; 0: off", 0),
     "distill": {
         "teacher": Key(None, "distillation: the training run folder of a teacher, or a list of them (a seed ensemble, "
-                       "probabilities averaged), trained on the same data, classes, input and train split",
+                       "probabilities averaged), trained on the same data, classes, input and train split; under `medmamba cv` a cv "
+                       "output folder gives each fold its run of that fold",
                        "null, a run folder, or a list of run folders",
                        lambda v: v is None or (isinstance(v, str) and v != "") or (
                            isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x for x in v))),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torchvision.transforms import v2
@@ -48,6 +49,10 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     erasing: float = 0.0           # RandomErasing probability
+    policy: Optional[str] = None   # an automatic policy: "trivialaugment" (TrivialAugmentWide), "randaugment"
+
+
+POLICIES = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment}  # torchvision's defaults
 
 
 def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
@@ -95,6 +100,8 @@ def build_transform(img_size: int, channels: int, train: bool, aug: AugmentConfi
                                          if aug.translate else None))
         if aug.brightness or aug.contrast:
             steps.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+        if aug.policy:
+            steps.append(POLICIES[aug.policy]())
     steps.append(v2.Normalize([mean] * channels, [std] * channels))
     if train and aug.erasing:
         steps.append(v2.RandomErasing(aug.erasing))

@@ -25,6 +25,7 @@ def cross_validate(cfg: dict, output: str | os.PathLike, overwrite: bool = False
     from ..evaluation.calibration import nll
     from ..evaluation.evaluate import evaluate
     from ..evaluation.runs import LoadedRun
+    from .distill import fold_teachers
     from .trainer import VAL_LOSS_EPS, Trainer
     folds = cfg["data"]["folds"]
     if not folds:
@@ -35,6 +36,7 @@ def cross_validate(cfg: dict, output: str | os.PathLike, overwrite: bool = False
     for fold in range(folds):
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg["data"]["fold"] = fold
+        fold_cfg["distill"]["teacher"] = fold_teachers(cfg, fold)
         if progress:
             print(f"fold {fold + 1}/{folds}", flush=True)
         trainer = Trainer(fold_cfg, out.fold(fold).root, overwrite=overwrite, progress=progress)

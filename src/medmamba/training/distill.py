@@ -25,6 +25,14 @@ def teacher_runs(cfg: dict) -> list[str]:
     return [] if teacher is None else [teacher] if isinstance(teacher, str) else list(teacher)
 
 
+def fold_teachers(cfg: dict, fold: int) -> Optional[list[str]]:
+    """``distill.teacher`` for fold ``fold`` of a cross-validation: a teacher that is itself a cross-validation
+    (a ``medmamba cv`` output folder) gives its run of the same fold, the only one trained on this fold's
+    train split."""
+    runs = [str(RunDir(run).fold(fold).root) if RunDir(run).fold(fold).is_run() else run for run in teacher_runs(cfg)]
+    return runs or None
+
+
 def distillation_loss(student: torch.Tensor, teacher_probs: torch.Tensor, kind: str, temperature: float,
                       multi_label: bool = False) -> torch.Tensor:
     """The teacher's term for a batch of student logits, given the teachers' (tempered, for soft)

@@ -1,7 +1,9 @@
 """The training objective: cross-entropy (or, multi-label, binary cross-entropy) with class weights and
-label smoothing, optionally on mixup blends of the batch, optionally with a teacher's term (distill.py)."""
+label smoothing, optionally on mixup or CutMix blends of the batch, optionally with a teacher's term
+(distill.py)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -27,12 +29,26 @@ def class_weight_tensor(cfg: dict, data) -> Optional[torch.Tensor]:
     return torch.tensor(cw, dtype=torch.float32)
 
 
+def paste_box(x: torch.Tensor, other: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
+    """CutMix: x with a box of area about (1 - lam) of the image, centred uniformly at random and clipped at
+    the border, taken from ``other``; returns it and the share of x that is left (lam, corrected for the
+    clipping)."""
+    height, width = x.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
+    y0, y1 = max(cy - int(height * cut) // 2, 0), min(cy + int(height * cut) // 2, height)
+    x0, x1 = max(cx - int(width * cut) // 2, 0), min(cx + int(width * cut) // 2, width)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+    return out, 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+
+
 class TrainingLoss:
     """``loss(model, x, y)``: the model's loss on a batch, in the configured precision."""
 
     def __init__(self, multi_label: bool, class_weights: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
-                 mixup: float = 0.0, amp: Optional[str] = None, device="cpu", teacher=None):
-        self.multi_label, self.label_smoothing, self.mixup = multi_label, label_smoothing, mixup
+                 mixup: float = 0.0, amp: Optional[str] = None, device="cpu", teacher=None, cutmix: float = 0.0):
+        self.multi_label, self.label_smoothing, self.mixup, self.cutmix = multi_label, label_smoothing, mixup, cutmix
         self.teacher = teacher  # distill.Teacher or None
         self.amp, self.device = amp, device
         self.class_weights = class_weights.to(device) if class_weights is not None else None
@@ -40,7 +56,7 @@ class TrainingLoss:
     @classmethod
     def from_config(cls, cfg: dict, data, device, teacher=None) -> "TrainingLoss":
         return cls(data.multi_label, class_weight_tensor(cfg, data), cfg["label_smoothing"], cfg["mixup"], cfg["amp"],
-                   device, teacher)
+                   device, teacher, cfg["cutmix"])
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
@@ -49,15 +65,20 @@ class TrainingLoss:
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of ``model`` on x, or with mixup (Zhang et al. 2018) the loss on a blend of x with a shuffled
-        copy against both label sets in the same proportion; drawn from torch's RNG so a resumed run draws the
-        same blends."""
-        if not self.mixup:
+        copy, or with CutMix (Yun et al. 2019) on x with a box pasted from the shuffled copy, against both label
+        sets in the blend's proportion; drawn from torch's RNG so a resumed run draws the same blends."""
+        if not (self.mixup or self.cutmix):
             with autocast(self.device, self.amp):
                 logits = model(x)
             return self.with_teacher(self.criterion(logits, y), logits, x)
-        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        cut = bool(self.cutmix) and (not self.mixup or float(torch.rand(())) < 0.5)
+        alpha = self.cutmix if cut else self.mixup
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
         perm = torch.randperm(len(x)).to(x.device)
-        blend = lam * x + (1 - lam) * x[perm]
+        if cut:
+            blend, lam = paste_box(x, x[perm], lam)
+        else:
+            blend = lam * x + (1 - lam) * x[perm]
         with autocast(self.device, self.amp):
             logits = model(blend)
         return self.with_teacher(lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm]),

@@ -1,6 +1,6 @@
-"""Distillation (issue 28, point 1): the teacher's term against hand-computed values, the teacher seeing the
-student's augmented batch, a run distilled end to end, and every teacher that does not fit refused in one
-line before anything is written."""
+"""Recipe options of issue 28. Distillation: the teacher's term against hand-computed values, the teacher
+seeing the student's augmented batch, a run distilled end to end, every teacher that does not fit refused in
+one line before anything is written. CutMix and torchvision's augmentation policies."""
 import math
 
 import numpy as np
@@ -97,3 +97,45 @@ def test_distill_teacher_key_allows_a_folder_or_a_list(value, ok):
     else:
         with pytest.raises(ConfigError, match="distill.teacher"):
             tiny_cfg(f"distill.teacher={value}")
+
+
+def test_cutmix_pastes_a_box_and_weighs_labels_by_its_area():
+    from medmamba.training.loss import paste_box
+    torch.manual_seed(3)
+    x, other = torch.zeros(2, 1, 10, 10), torch.ones(2, 1, 10, 10)
+    out, lam = paste_box(x, other, 0.64)
+    pasted = out[0, 0]
+    assert torch.equal(out[0], out[1]) and set(pasted.unique().tolist()) <= {0.0, 1.0}
+    assert math.isclose(lam, 1 - float(pasted.double().mean()))         # lam is the share left of x
+    rows, cols = pasted.sum(1).nonzero(), pasted.sum(0).nonzero()
+    assert float(pasted.sum()) == len(rows) * len(cols)                 # one box, filled
+    assert len(rows) <= 6 and len(cols) <= 6                            # sqrt(1 - 0.64) of each side, at most
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 3))
+    images, y = torch.randn(4, 1, 10, 10), torch.tensor([0, 1, 2, 1])
+    torch.manual_seed(5)
+    got = TrainingLoss(False, cutmix=1.0)(student, images, y)
+    torch.manual_seed(5)  # by hand: lam ~ Beta(1, 1), a permutation, the box
+    lam = float(torch.distributions.Beta(1.0, 1.0).sample())
+    perm = torch.randperm(4)
+    blend, lam = paste_box(images, images[perm], lam)
+    logits = student(blend)
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(got, lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm]))
+
+
+def test_augmentation_policy_runs_torchvisions_and_only_in_training():
+    from torchvision.transforms import v2
+
+    from medmamba.data.transforms import AugmentConfig, build_transform
+    for policy, cls in (("trivialaugment", v2.TrivialAugmentWide), ("randaugment", v2.RandAugment)):
+        train = build_transform(28, 1, True, AugmentConfig(hflip=0.0, policy=policy))
+        evaluation = build_transform(28, 1, False, AugmentConfig(policy=policy))
+        assert any(isinstance(t, cls) for t in train.transforms)
+        assert not any(isinstance(t, cls) for t in evaluation.transforms)
+        image = (torch.rand(1, 28, 28) * 255).to(torch.uint8)
+        torch.manual_seed(0)
+        outs = [train(image) for _ in range(20)]
+        assert any(not torch.equal(o, evaluation(image)) for o in outs)  # the policy changed some images
+    from medmamba.errors import ConfigError
+    with pytest.raises(ConfigError, match="augment.policy"):
+        tiny_cfg("augment.policy=autoaugment")
