@@ -139,3 +139,25 @@ def test_augmentation_policy_runs_torchvisions_and_only_in_training():
     from medmamba.errors import ConfigError
     with pytest.raises(ConfigError, match="augment.policy"):
         tiny_cfg("augment.policy=autoaugment")
+
+
+@needs_medmnist
+def test_swa_keeps_the_average_of_the_last_epochs_with_batchnorm_recomputed(tmp_path):
+    from safetensors.torch import load_file
+
+    from medmamba.artifacts.card import read_card
+    from medmamba.training.trainer import train
+    ends = []
+
+    def at_epoch_end(trainer):
+        if trainer.state.step_in_epoch == trainer.steps_per_epoch:
+            ends.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    train(tiny_cfg("epochs=3", "swa_epochs=2"), tmp_path / "swa", progress=False, test_split=None,
+          callbacks=[at_epoch_end])
+    weights = tmp_path / "swa" / "checkpoints" / "best" / "model.safetensors"
+    card, kept = read_card(weights), load_file(str(weights))
+    assert card.weights == "swa" and card.epoch == 3 and len(ends) == 3
+    params = [k for k in kept if "running_" not in k and "num_batches" not in k]
+    assert all(torch.allclose(kept[k], (ends[1][k] + ends[2][k]) / 2, atol=1e-6) for k in params)
+    stats = [k for k in kept if k.endswith("running_mean")]
+    assert stats and not all(torch.allclose(kept[k], ends[2][k]) for k in stats)  # recomputed, not the last epoch's

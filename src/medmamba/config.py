@@ -203,6 +203,9 @@ SCHEMA: dict[str, Any] = {
     "ema_warmup": boolean(True, "warm the EMA decay up from 0 (timm's ModelEmaV3), so that early averages are not "
                                 "mostly the random initialisation"),
     "early_stopping": integer(None, "patience in epochs", optional=True),
+    "swa_epochs": integer(None, "keep the average of the last K epochs' weights (SWA; BatchNorm statistics "
+                          "recomputed on the training images) instead of the best validation epoch; null: off",
+                          optional=True),
     "tta": boolean(PREPROCESSING.tta,
                    "validation/test/evaluate/predict: average each image with its horizontal mirror"),
     "monitor": choice("auc", "validation metric choosing the best checkpoint",

@@ -49,7 +49,7 @@ class ModelCard:
     temperature: Optional[float] = None         # fitted on the validation split; divides the logits
     threshold: Optional[float] = None           # binary tasks: positive_class when its probability >= threshold
     positive_class: Optional[int] = None        # the class index the threshold (and a binary report) is on
-    weights: Optional[str] = None               # "ema" or "raw": which weights validated better
+    weights: Optional[str] = None               # "ema" or "raw" (which validated better), or "swa" (swa_epochs)
     conformal: Optional[dict] = None            # prediction sets calibrated on validation (ConformalSets.to_dict)
     ood: Optional[dict] = None                  # out-of-distribution score: method, threshold set on validation
     teacher: Optional[list] = None              # distillation: the teacher runs' folders, as configured

@@ -15,7 +15,7 @@ class TrainState:
     bad_epochs: int = 0
     loss_sum: float = 0.0        # this epoch's training loss so far, so a resumed epoch reports it whole
     loss_count: int = 0
-    best_weights: str = "raw"    # "ema" or "raw": which of the two validated better at the best epoch
+    best_weights: str = "raw"    # "ema" or "raw" (which validated better at the best epoch), or "swa"
     best_one_class: bool = False  # the best checkpoint predicts one class for every validation image
     one_class_epochs: int = 0    # consecutive epochs so far whose evaluated model predicted one class
     history: list = field(default_factory=list)   # (train loss, val loss) per epoch, for the overfitting warning

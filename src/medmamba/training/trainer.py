@@ -192,6 +192,12 @@ class Trainer:
             self.model, cfg, self.steps_per_epoch, self.device)
         self.loss = TrainingLoss.from_config(cfg, self.data, self.device, self.teacher)
         self.state = TrainState()
+        self.swa = None
+        if cfg["swa_epochs"]:
+            if cfg["swa_epochs"] > cfg["epochs"]:
+                raise MedMambaError(f"swa_epochs={cfg['swa_epochs']} is more than epochs={cfg['epochs']}")
+            from torch.optim.swa_utils import AveragedModel
+            self.swa = AveragedModel(self.model)
         self.ddp_model = self.model
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -206,7 +212,8 @@ class Trainer:
 
     # ---- checkpoints: rank 0 writes, every rank waits ------------------------------------------------------
     def _checkpoint_parts(self) -> dict:
-        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        parts = {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        return {**parts, "swa": self.swa} if self.swa is not None else parts
 
     def _save_last(self):
         if dist_utils.is_main():
@@ -296,10 +303,36 @@ class Trainer:
         while self.state.epoch < self.cfg["epochs"]:
             epoch, t0 = self.state.epoch, time.time()
             train_loss = self._train_epoch(epoch)
+            if self.swa is not None and epoch >= self.cfg["epochs"] - self.cfg["swa_epochs"]:
+                self.swa.update_parameters(self.model)
             if self._end_epoch(epoch, train_loss, time.time() - t0):
                 break
+        if self.swa is not None:
+            self._keep_average()
         self.monitor.end()
         return {"best": self.state.best, "best_epoch": self.state.best_epoch, "epochs": self.state.epoch}
+
+    def _keep_average(self):
+        """SWA (Izmailov et al. 2018): the average of the last swa_epochs epochs' weights becomes the run's
+        model, whatever the validation figures of single epochs, which on a small validation split are
+        partly luck; its BatchNorm statistics are recomputed on the (unaugmented) training images."""
+        if int(self.swa.n_averaged) == 0:
+            say(self.progress, "warning: training stopped before the swa_epochs window; the best epoch is kept")
+            return
+        from torch.optim.swa_utils import update_bn
+        plain = build_data(self.cfg, splits=("train",), augment=False, exclude=self.data.left_out).splits["train"]
+        loader = DataLoader(plain, batch_size=self.cfg["eval_batch_size"], shuffle=False)
+        update_bn(loader, self.swa, self.device)
+        average = self.swa.module.eval()
+        val = validation_metrics(average, self.data.splits["val"], self.data, self.cfg, self.device)
+        state = self.state
+        state.best, state.best_epoch, state.best_weights = self.choice.value(val), state.epoch, "swa"
+        state.best_one_class = val["single_class_share"] == 1.0
+        say(self.progress, f"kept the average of epochs {state.epoch - int(self.swa.n_averaged) + 1}-{state.epoch}: "
+                           f"validation {self.cfg['monitor']} {state.best:.4f}")
+        if dist_utils.is_main():
+            save_best_checkpoint(self.run, average, model_card(self.cfg, self.data, state))
+        dist_utils.barrier()
 
     def model_card(self) -> ModelCard:
         return model_card(self.cfg, self.data, self.state)
