@@ -4,9 +4,10 @@
 
 Each NAME=SRC names a source tree holding ``medmamba/ops``; its ops folder is copied to a package of its own
 (``scanver_NAME.ops``) so that every version loads in this one process, and the versions are timed in turns,
-round after round (forward with the states kept for the backward, as in training), so that a slow spell of a shared machine falls on all of them alike. Shapes: MedMamba-T's
+round after round, so that a slow spell of a shared machine falls on all of them alike. Shapes: MedMamba-T's
 first-stage SS2D scan at 64 px, batch 32 (the training row of cpu_vs_cnn.py), and at 224 px, batch 8 (the
-scan row), inputs laid out channels last as SS2D makes them. Prints medians and minima in ms.
+scan row), inputs laid out channels last as SS2D makes them; the forward keeps the states for the backward,
+as in training. Prints medians and minima in ms.
 """
 from __future__ import annotations
 

@@ -183,9 +183,9 @@ SCHEMA: dict[str, Any] = {
     "cutmix": number(0.0, "CutMix alpha: a box of each image replaced by another's, area ~ Beta(a, a), labels in "
                      "proportion; with mixup too, each batch takes one of the two at random; 0: off", 0),
     "distill": {
-        "teacher": Key(None, "distillation: the training run folder of a teacher, or a list of them (a seed ensemble, "
-                       "probabilities averaged), trained on the same data, classes, input and train split; under `medmamba cv` a cv "
-                       "output folder gives each fold its run of that fold",
+        "teacher": Key(None, "distillation: the training run folder of a teacher, or a list of them (a seed "
+                       "ensemble, probabilities averaged), trained on the same data, classes, input and train "
+                       "split; under `medmamba cv` a cv output folder gives each fold its run of that fold",
                        "null, a run folder, or a list of run folders",
                        lambda v: v is None or (isinstance(v, str) and v != "") or (
                            isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x for x in v))),

@@ -18,8 +18,8 @@ interleaved twice, a 16-state loop ran entirely in the 4-wide remainder, and per
 (index arithmetic, run-time overlap checks) was paid by every row; in a block it is paid once for all
 rows. Every inner loop indexes with its own loop variable on a slice taken before the loop: ``a[c0 + r]``
 makes numba wrap negative indices, and LLVM then leaves the loop scalar (the per-(row, step) loops ran
-6-10x slower that way). exp and softplus are polynomials for float32 because pip's numba has no vector math library
-(torch's own softplus ran at 6 ns an element here). Both passes are parallel over (batch, block of
+6-10x slower that way). exp and softplus are polynomials for float32 because pip's numba has no vector
+math library (torch's own softplus ran at 6 ns an element here). Both passes are parallel over (batch, block of
 channels), a task taking the block's rows of every direction; the forward keeps the state every SEGMENT
 steps, and the backward, each task accumulating its own dB/dC so there are no races, rebuilds one segment
 of states at a time instead of storing all (batch, dim, L, N) of them.
@@ -34,7 +34,6 @@ import numba
 import numpy as np
 import torch
 from llvmlite import ir
-import llvmlite.binding as _llvm
 from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
@@ -373,7 +372,8 @@ def _delta_grads(gb, xs, ga, d_in, bias, softplus, dd_out):
 
 
 @njit(parallel=True, **_JIT)
-def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_all, du, ddelta, dA_b, dD_b, dB_p, dC_p):
+def _scan_bwd(u, delta, A, Bs, Cs, D, bias, softplus, order, rows, dy, starts_all, du, ddelta, dA_b, dD_b, dB_p,
+              dC_p):
     """Gradients. A task owns what a forward task owns, one block of channels of one batch element with all
     their rows, so it writes du of its channels whole (its directions summed in the task: no (batch, L, rows)
     gradient to fold afterwards), ddelta, dA and dD of its rows, and its own partial dB and dC
