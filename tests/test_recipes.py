@@ -161,3 +161,23 @@ def test_swa_keeps_the_average_of_the_last_epochs_with_batchnorm_recomputed(tmp_
     assert all(torch.allclose(kept[k], (ends[1][k] + ends[2][k]) / 2, atol=1e-6) for k in params)
     stats = [k for k in kept if k.endswith("running_mean")]
     assert stats and not all(torch.allclose(kept[k], ends[2][k]) for k in stats)  # recomputed, not the last epoch's
+
+
+@pytest.mark.parametrize("override,allowed", [
+    ("distill.alpha=1.5", "a number >= 0 and <= 1"), ("distill.temperature=0", "a number > 0"),
+    ("distill.kind=medium", "one of soft, hard"), ("cutmix=-1", "a number >= 0"),
+    ("swa_epochs=0", "a whole number >= 1 or null"), ("augment.policy=autoaugment", "one of trivialaugment, randaugment"),
+    ("distill.teacher=[]", "null, a run folder, or a list of run folders")])
+def test_new_recipe_keys_name_what_they_allow(override, allowed):
+    from medmamba.errors import ConfigError
+    with pytest.raises(ConfigError) as refused:
+        tiny_cfg(override)
+    assert override.split("=")[0] in str(refused.value) and allowed in str(refused.value)
+
+
+def test_swa_window_longer_than_training_is_refused_before_anything_is_written(tmp_path):
+    from medmamba.errors import MedMambaError
+    from medmamba.training.trainer import Trainer
+    with pytest.raises(MedMambaError, match="swa_epochs=5 is more than epochs=3"):
+        Trainer(tiny_cfg("swa_epochs=5"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

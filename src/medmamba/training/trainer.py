@@ -177,6 +177,8 @@ class Trainer:
         if not cfg["model"].startswith(TIMM_PREFIX):
             resolve_backend(cfg["scan_backend"], self.device)  # an unusable backend fails here, not mid-epoch
         prepare_output(self.run, cfg, resume, overwrite, create=False)
+        if cfg["swa_epochs"] and cfg["swa_epochs"] > cfg["epochs"]:
+            raise MedMambaError(f"swa_epochs={cfg['swa_epochs']} is more than epochs={cfg['epochs']}")
         seed_everything(cfg["seed"] + self.rank)
         self.data, self.look = prepared_data(cfg, show=progress and dist_utils.is_main())
         self.model = build_model(cfg, self.data.num_classes, self.data.channels, drop_path_rate=cfg["drop_path_rate"],
@@ -194,8 +196,6 @@ class Trainer:
         self.state = TrainState()
         self.swa = None
         if cfg["swa_epochs"]:
-            if cfg["swa_epochs"] > cfg["epochs"]:
-                raise MedMambaError(f"swa_epochs={cfg['swa_epochs']} is more than epochs={cfg['epochs']}")
             from torch.optim.swa_utils import AveragedModel
             self.swa = AveragedModel(self.model)
         self.ddp_model = self.model
