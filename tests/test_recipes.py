@@ -181,3 +181,50 @@ def test_swa_window_longer_than_training_is_refused_before_anything_is_written(t
     with pytest.raises(MedMambaError, match="swa_epochs=5 is more than epochs=3"):
         Trainer(tiny_cfg("swa_epochs=5"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@needs_medmnist
+def test_pretraining_loss_falls_resumes_and_its_weights_load_into_a_classifier(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from medmamba.training.pretrain import pretrain
+    from medmamba.training.trainer import Trainer
+    cfg = tiny_cfg("epochs=6", "data.img_size=32", "pretrain.mask_patch=8", "optimizer.lr=3e-3",
+                   "schedule.warmup_epochs=0")
+    out = tmp_path / "pre"
+    pretrain(tiny_cfg("epochs=2", "data.img_size=32", "pretrain.mask_patch=8", "optimizer.lr=3e-3",
+                      "schedule.warmup_epochs=0"), out, progress=False)
+    summary = pretrain(cfg, out, resume=True, progress=False)  # epochs 3-6 continue the first two
+    losses = summary["loss"]
+    assert len(losses) == 6 and losses[-1] < 0.85 * losses[0], losses
+    assert json.loads((out / "pretrain.json").read_text())["keys_new_when_fine_tuned"] == ["head.bias", "head.weight"]
+    assert (out / "loss_curve.png").stat().st_size > 0
+    backbone = load_file(str(out / "checkpoints" / "best" / "model.safetensors"))
+    tuned = Trainer(tiny_cfg(f"pretrained={out}", "data.img_size=32"), tmp_path / "tuned", progress=False)
+    state = tuned.model.state_dict()
+    assert set(state) - set(backbone) == {"head.weight", "head.bias"}
+    assert all(torch.equal(state[k], backbone[k]) for k in backbone)
+
+
+def test_pretraining_reads_unlabeled_images_at_any_depth_and_masks_exactly(tmp_path):
+    from PIL import Image
+
+    from medmamba.training.pretrain import pretraining_images, random_masks
+    for i, where in enumerate(["a", "a/b", "a/b/c", "."]):
+        (tmp_path / where).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.random.rand(20, 24) * 255).astype(np.uint8)).save(tmp_path / where / f"{i}.png")
+    images, channels, source = pretraining_images(tiny_cfg(f"data.folder={tmp_path}", "data.medmnist=null"))
+    assert len(images) == 4 and channels == 3 and images[0].shape == (3, 28, 28) and "4 images" in source
+    masks = random_masks(5, 4, 0.6, torch.Generator().manual_seed(0))
+    assert masks.shape == (5, 4, 4) and masks.sum((1, 2)).tolist() == [10] * 5  # round(0.6 * 16) each
+    assert not torch.equal(masks[0], masks[1])
+
+
+def test_pretraining_refuses_timm_models():
+    from medmamba.errors import ModelError
+    from medmamba.models import create_model
+    from medmamba.training.pretrain import MaskedImageModel
+    with pytest.raises(ModelError, match="timm models are not supported"):
+        MaskedImageModel(create_model("timm/resnet18", num_classes=2, in_chans=1), 16)

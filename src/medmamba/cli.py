@@ -104,6 +104,16 @@ def _train(args) -> int:
     return 0
 
 
+def _pretrain(args) -> int:
+    from .artifacts.run_dir import RunDir
+    from .config import load_config
+    from .training.pretrain import pretrain
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    cfg = load_config(RunDir(args.output).config if args.resume else args.config, overrides)
+    pretrain(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
 def _runs_and_overrides(items):
     """One positional list: runs, then config overrides (key=value) for the data, e.g. data.root=... tta=true."""
     runs = [Path(r) for r in items if "=" not in r or Path(r).exists()]
@@ -333,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(train, "output folder (never overwritten unless --overwrite)", config=True)
     train.add_argument("--resume", action="store_true", help="continue the run in --output exactly")
     train.set_defaults(func=_train)
+
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining (SimMIM) on unlabeled images: data.folder=DIR "
+                         "(any depth) or a dataset's train split; the output is what pretrained=RUN takes")
+    add_run_options(pre, "output folder (never overwritten unless --overwrite)", config=True)
+    pre.add_argument("--resume", action="store_true", help="continue the pretraining in --output")
+    pre.set_defaults(func=_pretrain)
 
     cv = sub.add_parser("cv", help="k-fold cross-validation over train+val (data.folds=K): mean +- sd per metric")
     add_run_options(cv, "folder for fold0..fold<K-1>, cv.md and cv.json", config=True)

@@ -195,6 +195,12 @@ SCHEMA: dict[str, Any] = {
         "kind": choice("soft", "soft (KL divergence to the teacher's tempered probabilities) or hard (cross-entropy "
                        "to its predicted class, DeiT)", ("soft", "hard")),
     },
+    "pretrain": {
+        "mask_ratio": number(0.6, "medmamba pretrain: share of the mask patches hidden in each image", 0, 1,
+                             lo_open=True, hi_open=True),
+        "mask_patch": integer(16, "medmamba pretrain: side of a mask patch in pixels (a multiple of the stem's 4; "
+                              "data.img_size a multiple of it)", lo=4),
+    },
     "class_weights": Key(None, "null, balanced (inverse class frequency) or one weight per class",
                          "null, balanced, or a list of positive numbers",
                          lambda v: v is None or v == "balanced" or numbers(None, "", lo=0, lo_open=True).check(v)),
