@@ -228,3 +228,13 @@ def test_pretraining_refuses_timm_models():
     from medmamba.training.pretrain import MaskedImageModel
     with pytest.raises(ModelError, match="timm models are not supported"):
         MaskedImageModel(create_model("timm/resnet18", num_classes=2, in_chans=1), 16)
+
+
+def test_a_cross_validation_teacher_gives_each_fold_its_own_run(tmp_path):
+    from medmamba.training.distill import fold_teachers
+    for fold in range(2):
+        (tmp_path / "cv" / f"fold{fold}").mkdir(parents=True)
+        (tmp_path / "cv" / f"fold{fold}" / "config.yaml").write_text("epochs: 1\n")
+    cfg = tiny_cfg(f"distill.teacher=[{tmp_path / 'cv'}, {tmp_path / 'single'}]")
+    assert fold_teachers(cfg, 1) == [str(tmp_path / "cv" / "fold1"), str(tmp_path / "single")]
+    assert fold_teachers(tiny_cfg(), 0) is None
