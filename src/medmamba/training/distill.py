@@ -53,10 +53,9 @@ class Teacher:
     """Frozen models whose averaged outputs on a batch become the student's second target."""
 
     def __init__(self, models: Sequence[torch.nn.Module], kind: str = "soft", temperature: float = 1.0,
-                 alpha: float = 0.5, multi_label: bool = False, runs: Sequence[str] = ()):
+                 alpha: float = 0.5, multi_label: bool = False):
         self.models = [m.eval().requires_grad_(False) for m in models]
         self.kind, self.temperature, self.alpha, self.multi_label = kind, temperature, alpha, multi_label
-        self.runs = list(runs)
 
     @classmethod
     def from_config(cls, cfg: dict, data, device) -> Optional["Teacher"]:
@@ -86,7 +85,7 @@ class Teacher:
                 raise MedMambaError(f"{where} does not take this run's input or classes: " + ", ".join(differ))
             models.append(loaded.model.to(device))
         d = cfg["distill"]
-        return cls(models, d["kind"], d["temperature"], d["alpha"], data.multi_label, runs)
+        return cls(models, d["kind"], d["temperature"], d["alpha"], data.multi_label)
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:

@@ -144,7 +144,7 @@ def pretrain(cfg: dict, output: str | os.PathLike, resume: bool = False, overwri
     """Pretrain the configured MedMamba on unlabeled images into ``output``; returns the summary also written
     to output/pretrain.json (epochs, final loss, seconds per epoch, the weight keys a classifier takes)."""
     from ..evaluation.runs import build_model
-    from .trainer import epoch_bar
+    from .trainer import epoch_bar, training_device
     run = RunDir(output)
     if not resume:
         refuse_existing(run.root, overwrite=overwrite, alternative="--resume to continue it")
@@ -156,7 +156,7 @@ def pretrain(cfg: dict, output: str | os.PathLike, resume: bool = False, overwri
                         f"{p['mask_patch']}")
     seed_everything(cfg["seed"])
     images, channels, source = pretraining_images(cfg)
-    device = torch.device(cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = training_device(cfg, None)
     encoder = build_model(cfg, 2, channels, drop_path_rate=cfg["drop_path_rate"])
     model = MaskedImageModel(encoder, p["mask_patch"]).to(device)
     steps = max(1, math.ceil(len(images) / cfg["batch_size"]))
