@@ -12,6 +12,18 @@ A run whose report exists is not trained again, so a long benchmark can be sprea
     .venv/bin/python benchmarks/compare_models.py --data-root ../shared/medmnist --datasets breastmnist \\
         --models medmamba_t timm/resnet18 timm/resnet50 timm/convnext_atto --seeds 0 1 2 3 4 \\
         --reference timm/resnet18 --output runs/compare
+
+Recipes side by side: a model written MODEL@NAME is trained with the overrides that --recipes FILE (YAML,
+NAME: [key=value, ...], $VARIABLES expanded) lists under NAME, and is a row of its own, compared with the
+reference like any other. --also DIR reads records another benchmark left (never training into it), so a
+table of recipes can take the defaults' rows from the defaults' benchmark:
+
+    .venv/bin/python benchmarks/compare_models.py --data-root ../shared/medmnist --recipes recipes.yaml \\
+        --models medmamba_t medmamba_t@trivial timm/resnet18 timm/resnet18@trivial \\
+        --also benchmarks/results/compare_defaults --results benchmarks/results/recipes --output runs/recipes
+
+A record is only reused when the configuration it was trained with agrees with the one asked for (keys the
+record predates aside); otherwise the benchmark stops, naming the keys, rather than mix two recipes in a row.
 """
 from __future__ import annotations
 
@@ -29,6 +41,63 @@ COLUMNS = ("accuracy", "auc", "balanced_accuracy", "ece")
 
 def run_dir(output: Path, dataset: str, model: str, seed: int) -> Path:
     return output / dataset / model.replace("/", "_") / f"seed{seed}"
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    """``"timm/resnet18@trivial"`` -> ``("timm/resnet18", "trivial")``; a plain model name has no recipe."""
+    model, _, recipe = label.partition("@")
+    return model, recipe or None
+
+
+def read_recipes(path: str | None) -> dict[str, list[str]]:
+    import os
+
+    import yaml
+    if not path:
+        return {}
+    recipes = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(recipes, dict) or not all(isinstance(v, list) for v in recipes.values()):
+        raise SystemExit(f"error: {path} must map each recipe name to a list of key=value overrides")
+    return {name: [os.path.expandvars(str(item)) for item in items] for name, items in recipes.items()}
+
+
+def run_overrides(dataset: str, label: str, seed: int, args) -> list[str]:
+    model, recipe = split_label(label)
+    if recipe is not None and recipe not in args.recipe_overrides:
+        raise SystemExit(f"error: {label}: no recipe {recipe!r} in --recipes "
+                         f"({', '.join(args.recipe_overrides) or 'none given'})")
+    unset = [item for item in args.recipe_overrides.get(recipe, []) if "$" in item]
+    if unset:
+        raise SystemExit(f"error: {label}: recipe {recipe!r} names an unset environment variable: {unset[0]}")
+    return [f"data.root={args.data_root}", f"data.medmnist={dataset}", f"model={model}", f"seed={seed}",
+            *args.recipe_overrides.get(recipe, []), *args.set]
+
+
+# Machine-specific paths: runs made on another machine name the same file by another path.
+PATH_KEYS = ("data.root", "data.folder", "data.csv", "pretrained", "distill.teacher")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def disagreements(recorded: dict, wanted: dict) -> list[str]:
+    """Keys whose value in a record's configuration differs from the one asked for. A key the record lacks
+    came after it (the feature did not exist, so it was off) and does not count; paths compare by name."""
+    def same(key, a, b):
+        if key in PATH_KEYS or key.startswith(tuple(k + "." for k in PATH_KEYS)):
+            names = lambda v: [Path(str(x)).name for x in (v if isinstance(v, list) else [v])] if v else v
+            return names(a) == names(b)
+        return a == b
+    rec, want = _flat(recorded), _flat(wanted)
+    return [f"{k}: recorded {rec[k]!r}, asked {want[k]!r}" for k in sorted(want)
+            if k in rec and k != "data.root" and not same(k, rec[k], want[k])]
 
 
 def record_path(results: Path, dataset: str, model: str, seed: int) -> Path:
@@ -59,12 +128,21 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     from medmamba.artifacts.run_dir import RunDir
     from medmamba.evaluation.runs import run_outputs
     from medmamba.training.trainer import train
+    overrides = run_overrides(dataset, model, seed, args)
+    wanted = load_config(args.config, overrides)
     record = record_path(Path(args.results), dataset, model, seed)
     out = run_dir(Path(args.output), dataset, model, seed)
     folder = RunDir(out)
+    elsewhere = [p for p in (record_path(Path(d), dataset, model, seed) for d in args.also) if p.is_file()]
+    if not record.is_file() and elsewhere:
+        record = elsewhere[0]
     if record.is_file():
         row = json.loads(record.read_text())
         if "train_s" in row or not out.is_dir():  # records of an earlier version are rebuilt from their run
+            differ = disagreements(row["config"], wanted)
+            if differ:
+                raise SystemExit(f"error: {record} was trained with another configuration than {model} asks "
+                                 f"for ({'; '.join(differ)}): give it another name (MODEL@RECIPE) or remove it")
             return row
     report_path = folder.eval_dir("test") / "report.json"
     timing = out / "benchmark_time.json"
@@ -72,10 +150,8 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
         if args.table_only:
             return None
         _wait_while_paused(Path(args.results))
-        cfg = load_config(args.config, [f"data.root={args.data_root}", f"data.medmnist={dataset}", f"model={model}",
-                                        f"seed={seed}", *args.set])
         t0 = time.time()
-        train(cfg, out, overwrite=True, progress=args.progress)
+        train(wanted, out, overwrite=True, progress=args.progress)
         timing.write_text(json.dumps({"train_and_test_s": time.time() - t0}))
     report = json.loads(report_path.read_text())
     m = report["metrics"]
@@ -252,6 +328,10 @@ def main(argv=None):
     parser.add_argument("--reference", default="timm/resnet18", help="model the others are compared with")
     parser.add_argument("--config", help="one recipe for every run (default: the package defaults)")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every run, key=value")
+    parser.add_argument("--recipes", help="YAML: recipe name -> list of key=value overrides, for models "
+                                          "written MODEL@NAME")
+    parser.add_argument("--also", nargs="*", default=[],
+                        help="results folders of other benchmarks whose records join the table (read only)")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--output", default="runs/compare", help="run folders (checkpoints: large)")
     parser.add_argument("--results", help="one small JSON record per run, and the table (default: --output)")
@@ -260,6 +340,9 @@ def main(argv=None):
     parser.add_argument("--progress", action="store_true", help="per-epoch progress of every run")
     args = parser.parse_args(argv)
     args.results = args.results or args.output
+    args.recipe_overrides = read_recipes(args.recipes)
+    for label in [*args.models, args.reference]:
+        run_overrides(args.datasets[0], label, 0, args)  # an unknown recipe stops before anything is trained
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

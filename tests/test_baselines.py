@@ -122,7 +122,7 @@ def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys)
                                                                                  "seed1.json", "seed1.json"]
     assert not list(records.rglob("*.safetensors"))
     (records / "table.csv").unlink()
-    bench.main([*argv[:-len(overrides) - 1], "--results", str(records), "--table-only"])
+    bench.main([*argv, "--results", str(records), "--table-only"])
     assert list(csv.DictReader(open(records / "table.csv"))) == rows
     seeds = [out / "breastmnist" / "timm_resnet10t" / f"seed{k}" for k in (0, 1)]
     ensemble = run_outputs([str(s) for s in seeds], "test", overrides=[f"data.root={MEDMNIST}"])
@@ -158,3 +158,41 @@ def test_benchmark_times_pool_only_within_one_host():
     assert single["train_s_mean"] == pytest.approx(60.0) and single["train_s_sd"] == pytest.approx(np.std([50, 70], ddof=1))
     assert "[1] fast" in bench.markdown([mixed, single], "r") and "100 (n=1) [1]; 320 +- 28 (n=2) [2]" in bench.markdown(
         [mixed, single], "r")
+
+
+@needs_medmnist
+def test_benchmark_recipes_as_rows_records_of_another_benchmark_and_no_mixed_recipes(tmp_path, monkeypatch):
+    """MODEL@RECIPE trains with the recipe's overrides as a row of its own; --also takes rows from another
+    benchmark's records without training; a record trained with another configuration than asked stops the
+    benchmark instead of joining a row."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    overrides = [t for t in TINY if not t.startswith(("data.root", "model_args"))] + ["epochs=1", "bootstrap=0"]
+    common = ["--data-root", str(MEDMNIST), "--seeds", "0", "--reference", "timm/resnet10t", "--bootstrap", "50"]
+    plain = tmp_path / "plain"
+    bench.main([*common, "--models", "timm/resnet10t", "--output", str(plain), "--set", *overrides])
+
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text("smooth: [label_smoothing=$SMOOTHING]\n")
+    monkeypatch.delenv("SMOOTHING", raising=False)
+    mixed = tmp_path / "mixed"
+    argv = [*common, "--models", "timm/resnet10t", "timm/resnet10t@smooth", "--recipes", str(recipes),
+            "--also", str(plain), "--output", str(mixed), "--set", *overrides]
+    with pytest.raises(SystemExit, match=r"\$SMOOTHING"):
+        bench.main(argv)
+    assert not mixed.exists()  # stopped before anything was trained or written
+    monkeypatch.setenv("SMOOTHING", "0.2")
+    bench.main(argv)
+    assert not (mixed / "breastmnist" / "timm_resnet10t").exists()  # the plain row came from --also
+    runs = {r["model"]: r for r in json.loads((mixed / "runs.json").read_text())}
+    assert set(runs) == {"timm/resnet10t", "timm/resnet10t@smooth"}
+    assert runs["timm/resnet10t@smooth"]["config"]["label_smoothing"] == 0.2
+    assert runs["timm/resnet10t"]["config"]["label_smoothing"] != 0.2
+    rows = {r["model"]: r for r in csv.DictReader(open(mixed / "table.csv"))}
+    assert rows["timm/resnet10t@smooth"]["auc_difference"] and not rows["timm/resnet10t"]["auc_difference"]
+
+    monkeypatch.setenv("SMOOTHING", "0.3")  # the same name asked with other values: refused, nothing mixed
+    with pytest.raises(SystemExit, match="label_smoothing: recorded 0.2, asked 0.3"):
+        bench.main(argv)
