@@ -14,7 +14,8 @@ A run whose report exists is not trained again, so a long benchmark can be sprea
         --reference timm/resnet18 --output runs/compare
 
 Recipes side by side: a model written MODEL@NAME is trained with the overrides that --recipes FILE (YAML,
-NAME: [key=value, ...], $VARIABLES expanded) lists under NAME, and is a row of its own, compared with the
+NAME: [key=value, ...], $VARIABLES expanded, {model} replaced by the model's name with / as _, so one
+recipe can name each architecture's own starting weights) lists under NAME, and is a row of its own, compared with the
 reference like any other. --also DIR reads records another benchmark left (never training into it), so a
 table of recipes can take the defaults' rows from the defaults' benchmark:
 
@@ -66,11 +67,12 @@ def run_overrides(dataset: str, label: str, seed: int, args) -> list[str]:
     if recipe is not None and recipe not in args.recipe_overrides:
         raise SystemExit(f"error: {label}: no recipe {recipe!r} in --recipes "
                          f"({', '.join(args.recipe_overrides) or 'none given'})")
-    unset = [item for item in args.recipe_overrides.get(recipe, []) if "$" in item]
+    items = [item.replace("{model}", model.replace("/", "_")) for item in args.recipe_overrides.get(recipe, [])]
+    unset = [item for item in items if "$" in item]
     if unset:
         raise SystemExit(f"error: {label}: recipe {recipe!r} names an unset environment variable: {unset[0]}")
     return [f"data.root={args.data_root}", f"data.medmnist={dataset}", f"model={model}", f"seed={seed}",
-            *args.recipe_overrides.get(recipe, []), *args.set]
+            *items, *args.set]
 
 
 # Machine-specific paths: runs made on another machine name the same file by another path.
