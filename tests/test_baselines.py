@@ -193,6 +193,11 @@ def test_benchmark_recipes_as_rows_records_of_another_benchmark_and_no_mixed_rec
     rows = {r["model"]: r for r in csv.DictReader(open(mixed / "table.csv"))}
     assert rows["timm/resnet10t@smooth"]["auc_difference"] and not rows["timm/resnet10t"]["auc_difference"]
 
+    import argparse  # {model}: one recipe names each architecture's own starting weights
+    start = argparse.Namespace(data_root="d", set=[], recipe_overrides={"transfer": ["pretrained=/runs/{model}"]})
+    assert bench.run_overrides("x", "timm/resnet18@transfer", 3, start)[-1] == "pretrained=/runs/timm_resnet18"
+    assert bench.run_overrides("x", "medmamba_t@transfer", 3, start)[-1] == "pretrained=/runs/medmamba_t"
+
     monkeypatch.setenv("SMOOTHING", "0.3")  # the same name asked with other values: refused, nothing mixed
     with pytest.raises(SystemExit, match="label_smoothing: recorded 0.2, asked 0.3"):
         bench.main(argv)

@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..amp import autocast
 from ..artifacts.checkpoint import restore_training_checkpoint, save_training_checkpoint, save_weights
 from ..artifacts.run_dir import RunDir
-from ..config import dump_config
 from ..errors import DataError, ModelError
-from ..files import atomic_write_text, refuse_existing
+from ..files import atomic_write_text
 from .optim import build_optimisation
 from .rng import rng_state, seed_everything, set_rng_state
 
@@ -144,12 +143,9 @@ def pretrain(cfg: dict, output: str | os.PathLike, resume: bool = False, overwri
     """Pretrain the configured MedMamba on unlabeled images into ``output``; returns the summary also written
     to output/pretrain.json (epochs, final loss, seconds per epoch, the weight keys a classifier takes)."""
     from ..evaluation.runs import build_model
-    from .trainer import epoch_bar, training_device
+    from .trainer import check_output, epoch_bar, start_output, training_device
     run = RunDir(output)
-    if not resume:
-        refuse_existing(run.root, overwrite=overwrite, alternative="--resume to continue it")
-    elif run.complete_checkpoint("last") is None:
-        raise DataError(f"--resume: no checkpoint in {run.checkpoints}")
+    check_output(run, resume, overwrite)
     p = cfg["pretrain"]
     if cfg["data"]["img_size"] % p["mask_patch"]:
         raise DataError(f"data.img_size={cfg['data']['img_size']} is not a multiple of pretrain.mask_patch="
@@ -168,11 +164,7 @@ def pretrain(cfg: dict, output: str | os.PathLike, resume: bool = False, overwri
         start, rows = state["train"]["epoch"], state["train"]["rows"]
         set_rng_state(state["rng"])
     else:
-        if run.root.exists():  # --overwrite: checked above
-            import shutil
-            shutil.rmtree(run.root)
-        run.root.mkdir(parents=True)
-        run.config.write_text(dump_config(cfg))
+        start_output(run, cfg)
     if progress:
         print(f"pretraining {cfg['model']} on {source}: {steps} steps an epoch, {p['mask_ratio']:.0%} of "
               f"{p['mask_patch']} px patches masked", flush=True)

@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from functools import partial
+from functools import cached_property, partial
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -90,24 +90,26 @@ def validation_metrics(model, dataset, data, cfg: dict, device) -> dict:
     return metrics
 
 
-def prepare_output(run: RunDir, cfg: dict, resume: bool, overwrite: bool, create: bool, data=None):
-    """Check the output folder (``create`` off) or, once data and model are built, empty it and write the
-    configuration and the split record (``create`` on); a run that cannot start leaves nothing behind."""
+def check_output(run: RunDir, resume: bool, overwrite: bool):
+    """Before anything is built: a new run's folder must be free (or --overwrite given), a resumed one must hold
+    a complete last checkpoint."""
     if resume:
-        if not create and run.complete_checkpoint("last") is None:
+        if run.complete_checkpoint("last") is None:
             raise MedMambaError(f"--resume: no checkpoint in {run.checkpoints}")
-        return
-    if not create:
+    else:
         refuse_existing(run.root, overwrite=overwrite, alternative="--resume to continue it")
-        return
+
+
+def start_output(run: RunDir, cfg: dict):
+    """Once data and model are built (so a run that cannot start leaves nothing behind): empty the folder
+    (--overwrite was checked by ``check_output``) and write the configuration (rank 0)."""
     if dist_utils.is_main() and run.root.exists():
-        for child in run.root.iterdir():  # --overwrite: checked before
+        for child in run.root.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     dist_utils.barrier()
     if dist_utils.is_main():
         run.root.mkdir(parents=True, exist_ok=True)
         run.config.write_text(dump_config(cfg))
-    record_split(run, cfg, data)
 
 
 def record_split(run: RunDir, cfg: dict, data):
@@ -176,7 +178,7 @@ class Trainer:
             torch.set_num_threads(int(cfg["threads"]))
         if not cfg["model"].startswith(TIMM_PREFIX):
             resolve_backend(cfg["scan_backend"], self.device)  # an unusable backend fails here, not mid-epoch
-        prepare_output(self.run, cfg, resume, overwrite, create=False)
+        check_output(self.run, resume, overwrite)
         if cfg["swa_epochs"] and cfg["swa_epochs"] > cfg["epochs"]:
             raise MedMambaError(f"swa_epochs={cfg['swa_epochs']} is more than epochs={cfg['epochs']}")
         seed_everything(cfg["seed"] + self.rank)
@@ -187,7 +189,9 @@ class Trainer:
             self.model = dist_utils.convert_batchnorm(self.model, self.device)
         self.positive = operating_point_class(cfg, self.data)
         self.teacher = Teacher.from_config(cfg, self.data, self.device)  # refused here, before any file is written
-        prepare_output(self.run, cfg, resume, overwrite, create=not resume, data=self.data)
+        if not resume:
+            start_output(self.run, cfg)
+            record_split(self.run, cfg, self.data)
         n_train = len(self.data.splits["train"])
         self.steps_per_epoch = max(1, math.ceil(math.ceil(n_train / self.world) / cfg["batch_size"]))
         self.optimizer, self.scheduler, self.scaler, self.ema = build_optimisation(
@@ -320,8 +324,7 @@ class Trainer:
             say(self.progress, "warning: training stopped before the swa_epochs window; the best epoch is kept")
             return
         from torch.optim.swa_utils import update_bn
-        plain = build_data(self.cfg, splits=("train",), augment=False, exclude=self.data.left_out).splits["train"]
-        loader = DataLoader(plain, batch_size=self.cfg["eval_batch_size"], shuffle=False)
+        loader = DataLoader(self.plain_train, batch_size=self.cfg["eval_batch_size"], shuffle=False)
         update_bn(loader, self.swa, self.device)
         average = self.swa.module.eval()
         val = validation_metrics(average, self.data.splits["val"], self.data, self.cfg, self.device)
@@ -333,6 +336,12 @@ class Trainer:
         if dist_utils.is_main():
             save_best_checkpoint(self.run, average, model_card(self.cfg, self.data, state))
         dist_utils.barrier()
+
+    @cached_property
+    def plain_train(self):
+        """The training images as validation sees them (no augmentation): SWA's BatchNorm statistics and the
+        OOD score's reference features are taken on them."""
+        return build_data(self.cfg, splits=("train",), augment=False, exclude=self.data.left_out).splits["train"]
 
     def model_card(self) -> ModelCard:
         return model_card(self.cfg, self.data, self.state)
@@ -358,8 +367,7 @@ def calibrate_and_test(trainer: Trainer, split: str = "test") -> Evaluation:
     detector = None
     if cfg["ood"]:
         from ..evaluation.ood import fit_for_run
-        plain_train = build_data(cfg, splits=("train",), augment=False, exclude=data.left_out).splits["train"]
-        detector = fit_for_run(model, cfg, plain_train, data.splits["val"], card.temperature, trainer.device)
+        detector = fit_for_run(model, cfg, trainer.plain_train, data.splits["val"], card.temperature, trainer.device)
         card.ood = detector.card_entry()
     if dist_utils.is_main() and run.weights("best").is_file():
         write_card(card, run.card("best"))
