@@ -288,15 +288,18 @@ def markdown(table: list[dict], reference: str) -> str:
             parts.append(f"{text} (n={len(v)}) {tag[h]}" if len(hosts) > 1 else text)
         return "; ".join(parts)
     lines = ["| dataset | model | seeds | test ACC | test AUC | balanced ACC | ECE | train s/run (median epoch x epochs) | "
-             f"ensemble AUC - {reference} (95% CI, p; DeLong p) |", "| --- " * 9 + "|"]
+             f"ensemble ACC - {reference} (95% CI, p) | ensemble AUC - {reference} (95% CI, p; DeLong p) |",
+             "| --- " * 10 + "|"]
     for e in table:
         if "auc_difference" in e:
-            versus = (f"{e['auc_difference']:+.3f} ({e['auc_low']:+.3f} to {e['auc_high']:+.3f}, p {e['auc_p']:.3f}"
-                      + (f"; {e['delong_p']:.3f}" if "delong_p" in e else "") + ")")
+            acc = (f"{e['accuracy_difference']:+.3f} ({e['accuracy_low']:+.3f} to {e['accuracy_high']:+.3f}, "
+                   f"p {e['accuracy_p']:.3f})")
+            auc = (f"{e['auc_difference']:+.3f} ({e['auc_low']:+.3f} to {e['auc_high']:+.3f}, p {e['auc_p']:.3f}"
+                   + (f"; {e['delong_p']:.3f}" if "delong_p" in e else "") + ")")
         else:
-            versus = "reference" if e["model"] == reference else ""
+            acc = auc = "reference" if e["model"] == reference else ""
         lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {ms(e, 'accuracy')} | {ms(e, 'auc')} | "
-                     f"{ms(e, 'balanced_accuracy')} | {ms(e, 'ece')} | {times(e)} | {versus} |")
+                     f"{ms(e, 'balanced_accuracy')} | {ms(e, 'ece')} | {times(e)} | {acc} | {auc} |")
     lines.append("")
     lines += [f"{tag[h]} {h}" if len(hosts) > 1 else f"Timed on {h}." for h in hosts]
     return "\n".join(lines)
