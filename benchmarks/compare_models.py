@@ -56,7 +56,10 @@ def read_recipes(path: str | None) -> dict[str, list[str]]:
     import yaml
     if not path:
         return {}
-    recipes = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        recipes = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SystemExit(f"error: cannot read recipes {path}: {' '.join(str(e).split())}") from None
     if not isinstance(recipes, dict) or not all(isinstance(v, list) for v in recipes.values()):
         raise SystemExit(f"error: {path} must map each recipe name to a list of key=value overrides")
     return {name: [os.path.expandvars(str(item)) for item in items] for name, items in recipes.items()}

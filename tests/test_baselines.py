@@ -175,7 +175,7 @@ def test_benchmark_recipes_as_rows_records_of_another_benchmark_and_no_mixed_rec
     bench.main([*common, "--models", "timm/resnet10t", "--output", str(plain), "--set", *overrides])
 
     recipes = tmp_path / "recipes.yaml"
-    recipes.write_text("smooth: [label_smoothing=$SMOOTHING]\n")
+    recipes.write_text('smooth: [label_smoothing=$SMOOTHING]\ntransfer: ["pretrained=/runs/{model}"]\n')
     monkeypatch.delenv("SMOOTHING", raising=False)
     mixed = tmp_path / "mixed"
     argv = [*common, "--models", "timm/resnet10t", "timm/resnet10t@smooth", "--recipes", str(recipes),
@@ -194,10 +194,37 @@ def test_benchmark_recipes_as_rows_records_of_another_benchmark_and_no_mixed_rec
     assert rows["timm/resnet10t@smooth"]["auc_difference"] and not rows["timm/resnet10t"]["auc_difference"]
 
     import argparse  # {model}: one recipe names each architecture's own starting weights
-    start = argparse.Namespace(data_root="d", set=[], recipe_overrides={"transfer": ["pretrained=/runs/{model}"]})
+    start = argparse.Namespace(data_root="d", set=[], recipe_overrides=bench.read_recipes(str(recipes)))
     assert bench.run_overrides("x", "timm/resnet18@transfer", 3, start)[-1] == "pretrained=/runs/timm_resnet18"
     assert bench.run_overrides("x", "medmamba_t@transfer", 3, start)[-1] == "pretrained=/runs/medmamba_t"
 
     monkeypatch.setenv("SMOOTHING", "0.3")  # the same name asked with other values: refused, nothing mixed
     with pytest.raises(SystemExit, match="label_smoothing: recorded 0.2, asked 0.3"):
         bench.main(argv)
+
+
+def test_the_committed_recipes_parse_into_valid_configurations(monkeypatch):
+    """benchmarks/recipes*.yaml: each recipe's overrides are known keys with allowed values (a typo would
+    otherwise surface only when its turn in a long benchmark came)."""
+    import argparse
+    import importlib.util
+
+    from medmamba.config import load_config
+    spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    files = sorted((REPO / "benchmarks").glob("recipes*.yaml"))
+    assert files
+    for var in ("SSL_RUN", "TRANSFER_ROOT"):
+        monkeypatch.setenv(var, f"/runs/{var.lower()}")
+    for path in files:
+        recipes = bench.read_recipes(str(path))
+        args = argparse.Namespace(data_root="d", set=[], recipe_overrides=recipes)
+        for name in recipes:
+            cfg = load_config(None, bench.run_overrides("breastmnist", f"medmamba_t@{name}", 0, args))
+            assert cfg["model"] == "medmamba_t" and cfg["data"]["medmnist"] == "breastmnist"
+    transfer = bench.run_overrides("x", "timm/resnet18@transfer", 0, argparse.Namespace(
+        data_root="d", set=[], recipe_overrides=bench.read_recipes(str(REPO / "benchmarks" / "recipes28.yaml"))))
+    assert "pretrained=/runs/transfer_root/timm_resnet18" in transfer
+    with pytest.raises(SystemExit, match="cannot read recipes"):  # one line, not a traceback
+        bench.read_recipes(str(REPO / "benchmarks" / "no-such-recipes.yaml"))
