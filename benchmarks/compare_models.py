@@ -13,11 +13,11 @@ A run whose report exists is not trained again, so a long benchmark can be sprea
         --models medmamba_t timm/resnet18 timm/resnet50 timm/convnext_atto --seeds 0 1 2 3 4 \\
         --reference timm/resnet18 --output runs/compare
 
-Recipes side by side: a model written MODEL@NAME is trained with the overrides that --recipes FILE (YAML,
-NAME: [key=value, ...], $VARIABLES expanded, {model} replaced by the model's name with / as _, so one
-recipe can name each architecture's own starting weights) lists under NAME, and is a row of its own, compared with the
-reference like any other. --also DIR reads records another benchmark left (never training into it), so a
-table of recipes can take the defaults' rows from the defaults' benchmark:
+Recipes side by side: a model written MODEL@NAME is trained with the overrides that --recipes FILE lists
+under NAME (YAML, NAME: [key=value, ...], $VARIABLES expanded, {model} replaced by the model's name with /
+as _, so one recipe can name each architecture's own starting weights), and is a row of its own, compared
+with the reference like any other. --also DIR reads records another benchmark left (never training into
+it), so a table of recipes can take the defaults' rows from the defaults' benchmark:
 
     .venv/bin/python benchmarks/compare_models.py --data-root ../shared/medmnist --recipes recipes.yaml \\
         --models medmamba_t medmamba_t@trivial timm/resnet18 timm/resnet18@trivial \\
