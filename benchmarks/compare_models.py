@@ -78,8 +78,9 @@ def run_overrides(dataset: str, label: str, seed: int, args) -> list[str]:
             *items, *args.set]
 
 
-# Machine-specific paths: runs made on another machine name the same file by another path.
-PATH_KEYS = ("data.root", "data.folder", "data.csv", "pretrained", "distill.teacher")
+# Machine-specific paths: runs made on another machine name the same file by another path. data.root is
+# not compared at all: the benchmark sets it for every run from --data-root.
+PATH_KEYS = ("data.folder", "data.csv", "pretrained", "distill.teacher")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -133,8 +134,7 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     from medmamba.artifacts.run_dir import RunDir
     from medmamba.evaluation.runs import run_outputs
     from medmamba.training.trainer import train
-    overrides = run_overrides(dataset, model, seed, args)
-    wanted = load_config(args.config, overrides)
+    wanted = load_config(args.config, run_overrides(dataset, model, seed, args))
     record = record_path(Path(args.results), dataset, model, seed)
     out = run_dir(Path(args.output), dataset, model, seed)
     folder = RunDir(out)
