@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +44,7 @@ class LoadedRun:
     weights: Path
     data: object                 # data.builder.DataBundle; splits are added as they are needed
     ood: object = None           # ood.OODDetector of the card, with its training features
+    split_record: dict = field(default_factory=dict)   # its split.json: the images it was trained on
 
     def dataset(self, split: str):
         if split not in self.data.splits:
@@ -76,7 +77,7 @@ def load_run(run: str | os.PathLike, splits=("test",), checkpoint: str = "best",
     if card is not None and card.ood:
         from .ood import OODDetector
         ood = OODDetector.from_card(card.ood, weights.parent / OOD_FEATURES)
-    return LoadedRun(model, cfg, card, weights, data, ood)
+    return LoadedRun(model, cfg, card, weights, data, ood, record)
 
 
 @dataclass

@@ -10,7 +10,6 @@ anything.
 """
 from __future__ import annotations
 
-import json
 from typing import Optional, Sequence
 
 import torch
@@ -70,12 +69,11 @@ class Teacher:
             where = f"distill.teacher {run}"
             if not RunDir(run).is_run() or not RunDir(run).split.is_file():
                 raise MedMambaError(f"{where}: not a finished training run folder (no config.yaml and split.json)")
-            record = json.loads(RunDir(run).split.read_text())
+            loaded = load_run(run, splits=())
             try:
-                check_split_record(record, cfg, data, source=RunDir(run).split)
+                check_split_record(loaded.split_record, cfg, data, source=RunDir(run).split)
             except MedMambaError as e:
                 raise MedMambaError(f"{where} was trained on other data: {e}") from None
-            loaded = load_run(run, splits=())
             card, d = loaded.card, cfg["data"]
             ours = dict(classes=list(data.classes), in_chans=data.channels, img_size=d["img_size"], mean=d["mean"],
                         std=d["std"], normalize=d["normalize"])
