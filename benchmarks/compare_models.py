@@ -25,6 +25,9 @@ it), so a table of recipes can take the defaults' rows from the defaults' benchm
 
 A record is only reused when the configuration it was trained with agrees with the one asked for (keys the
 record predates aside); otherwise the benchmark stops, naming the keys, rather than mix two recipes in a row.
+
+The table grows: an invocation that names a few rows (say one more seed of one model) keeps the rows of the
+table already in the results folder (its runs.json) and adds its own; --new-table starts the table over.
 """
 from __future__ import annotations
 
@@ -172,6 +175,44 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(row))
     return row
+
+
+def earlier_table(results: Path, args) -> list[tuple[str, str, int]]:
+    """The (dataset, model, seed) runs of the table already in the results folder, in its order."""
+    path = results / "runs.json"
+    if args.new_table or not path.is_file():
+        return []
+    try:
+        earlier = [(r["dataset"], r["model"], int(r["seed"])) for r in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: cannot read the earlier table {path} ({e}): mend it or pass --new-table") from None
+    for dataset, label in dict.fromkeys((d, m) for d, m, _ in earlier):
+        try:  # a row that cannot be checked any more stops the benchmark before it trains anything
+            run_overrides(dataset, label, 0, args)
+        except SystemExit as e:
+            raise SystemExit(f"{e} (a row of the earlier table {path}; --new-table drops it)") from None
+    return earlier
+
+
+def keep_earlier_rows(rows: list[dict], earlier: list[tuple[str, str, int]], args) -> list[dict]:
+    """This invocation's rows plus the earlier table's others, read from their records (never trained)."""
+    done = {(r["dataset"], r["model"], r["seed"]) for r in rows}
+    reread = argparse.Namespace(**{**vars(args), "table_only": True})
+    kept = []
+    for dataset, model, seed in earlier:
+        if (dataset, model, seed) in done:
+            continue
+        row = train_one(dataset, model, seed, reread)
+        if row is None:
+            print(f"note: {dataset} {model} seed {seed} of the earlier table has no record any more: left out")
+        else:
+            kept.append(row)
+    if kept:
+        print(f"kept {len(kept)} run(s) of the earlier table beside this invocation's {len(rows)}")
+    # the earlier table's order first: a partial invocation adds rows, it does not reorder the table
+    args.datasets = list(dict.fromkeys([*(d for d, _, _ in earlier), *args.datasets]))
+    args.models = list(dict.fromkeys([*(m for _, m, _ in earlier), *args.models]))
+    return rows + kept
 
 
 def _wait_while_paused(results: Path):
@@ -345,6 +386,8 @@ def main(argv=None):
     parser.add_argument("--results", help="one small JSON record per run, and the table (default: --output)")
     parser.add_argument("--table-only", action="store_true",
                         help="train nothing: the table of the runs done (records in --results, or run folders in --output)")
+    parser.add_argument("--new-table", action="store_true",
+                        help="the table of this invocation's runs only (default: the earlier table's rows are kept)")
     parser.add_argument("--progress", action="store_true", help="per-epoch progress of every run")
     args = parser.parse_args(argv)
     args.results = args.results or args.output
@@ -352,6 +395,7 @@ def main(argv=None):
     for label in [*args.models, args.reference]:
         run_overrides(args.datasets[0], label, 0, args)  # an unknown recipe stops before anything is trained
     out = Path(args.results)
+    earlier = earlier_table(out, args)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     # seed by seed, every model for each, so that a benchmark stopped part-way compares equal numbers of seeds
@@ -365,6 +409,7 @@ def main(argv=None):
                 r = rows[-1]
                 print(f"{dataset} {model} seed {seed}: ACC {r['accuracy']:.4f} AUC {r['auc']:.4f} "
                       f"({r['seconds']:.0f} s)", flush=True)
+    rows = keep_earlier_rows(rows, earlier, args)
     if not rows:
         raise SystemExit(f"error: no run records under {out}")
     table = summarise(rows, args)

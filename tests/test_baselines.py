@@ -160,6 +160,56 @@ def test_benchmark_times_pool_only_within_one_host():
         [mixed, single], "r")
 
 
+def test_benchmark_invocation_of_a_few_rows_keeps_the_rest_of_the_table(tmp_path):
+    """A benchmark grown over sessions: one more seed of one row, asked alone, joins the table instead of
+    replacing it; --new-table starts over; an earlier row that can no longer be checked (its recipe not given)
+    stops the benchmark before it writes anything."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(1)
+    labels = [0] * 12 + [1] * 12
+    results = tmp_path / "results"
+
+    def record(model, seed):
+        p = rng.uniform(size=len(labels))
+        row = {"dataset": "breastmnist", "model": model, "seed": seed, "host": "h", "train_s": 10.0 + seed,
+               "seconds": 12.0, "labels": labels, "probs": np.stack([1 - p, p], 1).tolist(),
+               "plain": np.stack([1 - p, p], 1).tolist(), "task": "binary-class", "classes": ["a", "b"],
+               "run": f"{model}/{seed}", "accuracy": 0.5 + seed / 10, "auc": 0.6 + seed / 10,
+               "balanced_accuracy": 0.5, "ece": 0.1, "config": {"model": bench.split_label(model)[0], "seed": seed}}
+        path = bench.record_path(results, "breastmnist", model, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row))
+
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text("smooth: [label_smoothing=0.2]\n")
+    common = ["--data-root", "d", "--reference", "timm/resnet18", "--bootstrap", "50", "--results", str(results),
+              "--output", str(tmp_path / "runs"), "--recipes", str(recipes), "--table-only"]
+    for model in ("timm/resnet18", "medmamba_t", "medmamba_t@smooth"):
+        for seed in (0, 1):
+            record(model, seed)
+    bench.main([*common, "--models", "timm/resnet18", "medmamba_t", "medmamba_t@smooth", "--seeds", "0", "1"])
+    record("medmamba_t", 2)
+    bench.main([*common, "--models", "medmamba_t", "--seeds", "2"])  # one more seed of one row
+    rows = list(csv.DictReader(open(results / "table.csv")))
+    assert [(r["model"], r["seeds"]) for r in rows] == [("timm/resnet18", "2"), ("medmamba_t", "3"),
+                                                        ("medmamba_t@smooth", "2")]
+    assert float(rows[1]["auc_mean"]) == pytest.approx(0.7) and rows[1]["auc_difference"]
+    assert len(json.loads((results / "runs.json").read_text())) == 7
+
+    table = (results / "table.md").read_text()
+    no_recipes = [a for a in common if a not in ("--recipes", str(recipes))]
+    with pytest.raises(SystemExit, match="no recipe 'smooth'.*earlier table.*--new-table"):
+        bench.main([*no_recipes, "--models", "medmamba_t", "--seeds", "2"])
+    assert (results / "table.md").read_text() == table  # nothing rewritten
+
+    bench.main([*no_recipes, "--models", "timm/resnet18", "medmamba_t", "--seeds", "2", "0", "--new-table"])
+    rows = list(csv.DictReader(open(results / "table.csv")))
+    assert [(r["model"], r["seeds"]) for r in rows] == [("timm/resnet18", "1"), ("medmamba_t", "2")]
+
+
 @needs_medmnist
 def test_benchmark_recipes_as_rows_records_of_another_benchmark_and_no_mixed_recipes(tmp_path, monkeypatch):
     """MODEL@RECIPE trains with the recipe's overrides as a row of its own; --also takes rows from another
