@@ -209,10 +209,16 @@ def keep_earlier_rows(rows: list[dict], earlier: list[tuple[str, str, int]], arg
             kept.append(row)
     if kept:
         print(f"kept {len(kept)} run(s) of the earlier table beside this invocation's {len(rows)}")
-    # the earlier table's order first: a partial invocation adds rows, it does not reorder the table
-    args.datasets = list(dict.fromkeys([*(d for d, _, _ in earlier), *args.datasets]))
-    args.models = list(dict.fromkeys([*(m for _, m, _ in earlier), *args.models]))
-    return rows + kept
+    args.datasets = _merged_order([d for d, _, _ in earlier], args.datasets)
+    args.models = _merged_order([m for _, m, _ in earlier], args.models)
+    # runs.json in the table's order, which the next invocation reads as the earlier table's
+    return sorted(rows + kept, key=lambda r: (args.datasets.index(r["dataset"]), args.models.index(r["model"]),
+                                              r["seed"]))
+
+
+def _merged_order(earlier: list[str], named: list[str]) -> list[str]:
+    """An invocation naming every earlier row sets the order; one naming a few adds them at the end."""
+    return list(named) if set(earlier) <= set(named) else list(dict.fromkeys([*earlier, *named]))
 
 
 def _wait_while_paused(results: Path):

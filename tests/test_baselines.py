@@ -198,6 +198,12 @@ def test_benchmark_invocation_of_a_few_rows_keeps_the_rest_of_the_table(tmp_path
                                                         ("medmamba_t@smooth", "2")]
     assert float(rows[1]["auc_mean"]) == pytest.approx(0.7) and rows[1]["auc_difference"]
     assert len(json.loads((results / "runs.json").read_text())) == 7
+    every = ["--models", "medmamba_t@smooth", "medmamba_t", "timm/resnet18", "--seeds", "0", "1", "2"]
+    bench.main([*common, *every])  # an invocation naming every row sets their order
+    assert [r["model"] for r in csv.DictReader(open(results / "table.csv"))] == every[1:4]
+    for model in ("timm/resnet18", "medmamba_t"):  # one row, then another: the order stays
+        bench.main([*common, "--models", model, "--seeds", "0"])
+        assert [r["model"] for r in csv.DictReader(open(results / "table.csv"))] == every[1:4]
 
     table = (results / "table.md").read_text()
     no_recipes = [a for a in common if a not in ("--recipes", str(recipes))]
