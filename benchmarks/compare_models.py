@@ -177,8 +177,10 @@ def train_one(dataset: str, model: str, seed: int, args) -> dict:
     return row
 
 
-def earlier_table(results: Path, args) -> list[tuple[str, str, int]]:
-    """The (dataset, model, seed) runs of the table already in the results folder, in its order."""
+def earlier_rows(results: Path, args) -> list[dict]:
+    """The runs of the table already in the results folder, in its order, read again from their records
+    (never trained); read before this invocation trains anything, so that a row which cannot be checked any
+    more (its recipe not given, its configuration another) stops the benchmark first."""
     path = results / "runs.json"
     if args.new_table or not path.is_file():
         return []
@@ -186,31 +188,28 @@ def earlier_table(results: Path, args) -> list[tuple[str, str, int]]:
         earlier = [(r["dataset"], r["model"], int(r["seed"])) for r in json.loads(path.read_text())]
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"error: cannot read the earlier table {path} ({e}): mend it or pass --new-table") from None
-    for dataset, label in dict.fromkeys((d, m) for d, m, _ in earlier):
-        try:  # a row that cannot be checked any more stops the benchmark before it trains anything
-            run_overrides(dataset, label, 0, args)
+    reread = argparse.Namespace(**{**vars(args), "table_only": True})
+    rows = []
+    for dataset, model, seed in earlier:
+        try:
+            row = train_one(dataset, model, seed, reread)
         except SystemExit as e:
             raise SystemExit(f"{e} (a row of the earlier table {path}; --new-table drops it)") from None
-    return earlier
-
-
-def keep_earlier_rows(rows: list[dict], earlier: list[tuple[str, str, int]], args) -> list[dict]:
-    """This invocation's rows plus the earlier table's others, read from their records (never trained)."""
-    done = {(r["dataset"], r["model"], r["seed"]) for r in rows}
-    reread = argparse.Namespace(**{**vars(args), "table_only": True})
-    kept = []
-    for dataset, model, seed in earlier:
-        if (dataset, model, seed) in done:
-            continue
-        row = train_one(dataset, model, seed, reread)
         if row is None:
             print(f"note: {dataset} {model} seed {seed} of the earlier table has no record any more: left out")
         else:
-            kept.append(row)
+            rows.append(row)
+    return rows
+
+
+def with_earlier_rows(rows: list[dict], earlier: list[dict], args) -> list[dict]:
+    """This invocation's rows plus the earlier table's others."""
+    done = {(r["dataset"], r["model"], r["seed"]) for r in rows}
+    kept = [r for r in earlier if (r["dataset"], r["model"], r["seed"]) not in done]
     if kept:
         print(f"kept {len(kept)} run(s) of the earlier table beside this invocation's {len(rows)}")
-    args.datasets = _merged_order([d for d, _, _ in earlier], args.datasets)
-    args.models = _merged_order([m for _, m, _ in earlier], args.models)
+    args.datasets = _merged_order([r["dataset"] for r in earlier], args.datasets)
+    args.models = _merged_order([r["model"] for r in earlier], args.models)
     # runs.json in the table's order, which the next invocation reads as the earlier table's
     return sorted(rows + kept, key=lambda r: (args.datasets.index(r["dataset"]), args.models.index(r["model"]),
                                               r["seed"]))
@@ -218,6 +217,7 @@ def keep_earlier_rows(rows: list[dict], earlier: list[tuple[str, str, int]], arg
 
 def _merged_order(earlier: list[str], named: list[str]) -> list[str]:
     """An invocation naming every earlier row sets the order; one naming a few adds them at the end."""
+    earlier = list(dict.fromkeys(earlier))
     return list(named) if set(earlier) <= set(named) else list(dict.fromkeys([*earlier, *named]))
 
 
@@ -401,7 +401,7 @@ def main(argv=None):
     for label in [*args.models, args.reference]:
         run_overrides(args.datasets[0], label, 0, args)  # an unknown recipe stops before anything is trained
     out = Path(args.results)
-    earlier = earlier_table(out, args)
+    earlier = earlier_rows(out, args)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     # seed by seed, every model for each, so that a benchmark stopped part-way compares equal numbers of seeds
@@ -415,7 +415,7 @@ def main(argv=None):
                 r = rows[-1]
                 print(f"{dataset} {model} seed {seed}: ACC {r['accuracy']:.4f} AUC {r['auc']:.4f} "
                       f"({r['seconds']:.0f} s)", flush=True)
-    rows = keep_earlier_rows(rows, earlier, args)
+    rows = with_earlier_rows(rows, earlier, args)
     if not rows:
         raise SystemExit(f"error: no run records under {out}")
     table = summarise(rows, args)

@@ -162,8 +162,8 @@ def test_benchmark_times_pool_only_within_one_host():
 
 def test_benchmark_invocation_of_a_few_rows_keeps_the_rest_of_the_table(tmp_path):
     """A benchmark grown over sessions: one more seed of one row, asked alone, joins the table instead of
-    replacing it; --new-table starts over; an earlier row that can no longer be checked (its recipe not given)
-    stops the benchmark before it writes anything."""
+    replacing it; --new-table starts over; an earlier row that can no longer be checked (its recipe not given,
+    its record of another configuration) stops the benchmark before it writes anything."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
     bench = importlib.util.module_from_spec(spec)
@@ -210,6 +210,12 @@ def test_benchmark_invocation_of_a_few_rows_keeps_the_rest_of_the_table(tmp_path
     with pytest.raises(SystemExit, match="no recipe 'smooth'.*earlier table.*--new-table"):
         bench.main([*no_recipes, "--models", "medmamba_t", "--seeds", "2"])
     assert (results / "table.md").read_text() == table  # nothing rewritten
+    smooth = bench.record_path(results, "breastmnist", "medmamba_t@smooth", 0)
+    changed = {**json.loads(smooth.read_text()), "config": {"label_smoothing": 0.5}}
+    smooth.write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match="another configuration.*earlier table"):
+        bench.main([*common, "--models", "medmamba_t", "--seeds", "2"])
+    assert (results / "table.md").read_text() == table
 
     bench.main([*no_recipes, "--models", "timm/resnet18", "medmamba_t", "--seeds", "2", "0", "--new-table"])
     rows = list(csv.DictReader(open(results / "table.csv")))
