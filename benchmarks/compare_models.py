@@ -217,7 +217,6 @@ def with_earlier_rows(rows: list[dict], earlier: list[dict], args) -> list[dict]
 
 def _merged_order(earlier: list[str], named: list[str]) -> list[str]:
     """An invocation naming every earlier row sets the order; one naming a few adds them at the end."""
-    earlier = list(dict.fromkeys(earlier))
     return list(named) if set(earlier) <= set(named) else list(dict.fromkeys([*earlier, *named]))
 
 
@@ -403,12 +402,13 @@ def main(argv=None):
     out = Path(args.results)
     earlier = earlier_rows(out, args)
     out.mkdir(parents=True, exist_ok=True)
+    known = {(r["dataset"], r["model"], r["seed"]): r for r in earlier}  # read and checked just now
     rows = []
     # seed by seed, every model for each, so that a benchmark stopped part-way compares equal numbers of seeds
     for dataset in args.datasets:
         for seed in args.seeds:
             for model in args.models:
-                row = train_one(dataset, model, seed, args)
+                row = known.get((dataset, model, seed)) or train_one(dataset, model, seed, args)
                 if row is None:
                     continue
                 rows.append(row)
