@@ -238,3 +238,50 @@ def test_a_cross_validation_teacher_gives_each_fold_its_own_run(tmp_path):
     cfg = tiny_cfg(f"distill.teacher=[{tmp_path / 'cv'}, {tmp_path / 'single'}]")
     assert fold_teachers(cfg, 1) == [str(tmp_path / "cv" / "fold1"), str(tmp_path / "single")]
     assert fold_teachers(tiny_cfg(), 0) is None
+
+
+def _cv_table():
+    """benchmarks/cv_table.py, a script rather than a package module, imported by its path."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_table.py"
+    spec = importlib.util.spec_from_file_location("cv_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cv_result(dataset, folds):
+    keys = ("accuracy", "balanced_accuracy", "auc", "loss")
+    return {"model": "medmamba_t", "dataset": dataset,
+            "folds": [{"fold": i, "n_val": 100, **f} for i, f in enumerate(folds)],
+            "summary": {k: {"mean": float(np.mean([f[k] for f in folds])), "sd": float(np.std([f[k] for f in folds]))}
+                        for k in keys}}
+
+
+def test_cv_table_pairs_auc_and_loss_fold_by_fold_and_refuses_other_folds(tmp_path, capsys):
+    import json
+    rng = np.random.default_rng(0)
+    draw = lambda: [dict(zip(("accuracy", "balanced_accuracy", "auc", "loss"), rng.uniform(0.05, 1, 4)))
+                    for _ in range(3)]
+    base, cand = draw(), draw()
+    (tmp_path / "base.json").write_text(json.dumps(_cv_result("pneumoniamnist", base)))
+    (tmp_path / "cand.json").write_text(json.dumps(_cv_result("pneumoniamnist", cand)))
+    table = _cv_table()
+    table.main([str(tmp_path / "base.json"), str(tmp_path / "cand.json"), "--baseline", "base"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cand "))
+    auc_cell, loss_cell = row.strip("| ").split(" | ")[-2:]
+    for cell, key in ((auc_cell, "auc"), (loss_cell, "loss")):
+        diff = [c[key] - b[key] for c, b in zip(cand, base)]
+        mean, per_fold = cell.split(" (")
+        assert float(mean) == pytest.approx(np.mean(diff), abs=1e-4)
+        assert [float(d) for d in per_fold.rstrip(")").split(", ")] == pytest.approx(diff, abs=1e-3)
+    # a result of another data set, or of other folds, cannot be paired with the baseline
+    (tmp_path / "other.json").write_text(json.dumps(_cv_result("breastmnist", draw())))
+    fewer = _cv_result("pneumoniamnist", draw()[:2])
+    (tmp_path / "fewer.json").write_text(json.dumps(fewer))
+    for name, why in (("other", "breastmnist"), ("fewer", "folds")):
+        with pytest.raises(SystemExit) as exit_:
+            table.main([str(tmp_path / "base.json"), str(tmp_path / f"{name}.json"), "--baseline", "base"])
+        assert exit_.value.code == 2
+        assert why in capsys.readouterr().err
