@@ -18,8 +18,8 @@ import numpy as np
 
 SHOWN = ("accuracy", "balanced_accuracy", "auc", "loss")
 # AUC alone cannot rank candidates once it saturates (PneumoniaMNIST's folds sit at 0.997), so the paired
-# difference is shown for the validation loss too: it still separates them there.
-PAIRED = ("auc", "loss")
+# difference is shown for accuracy and the validation loss too: they still separate them there.
+PAIRED = ("accuracy", "auc", "loss")
 
 
 def paired_cells(result, base):
@@ -58,7 +58,7 @@ def main(argv=None):
                 parser.error(f"{name}: {why}; a paired difference needs the same folds")
     header = ["candidate", "model", "folds", *SHOWN]
     if base:
-        header += [f"{k.upper() if k == 'auc' else k} - baseline, per fold" for k in PAIRED]
+        header += [f"{'AUC' if k == 'auc' else k} - baseline, per fold" for k in PAIRED]
     print("| " + " | ".join(header) + " |")
     print("| --- " * len(header) + "|")
     for name, r in results.items():

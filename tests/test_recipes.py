@@ -259,7 +259,7 @@ def _cv_result(dataset, folds):
                         for k in keys}}
 
 
-def test_cv_table_pairs_auc_and_loss_fold_by_fold_and_refuses_other_folds(tmp_path, capsys):
+def test_cv_table_pairs_accuracy_auc_and_loss_fold_by_fold_and_refuses_other_folds(tmp_path, capsys):
     import json
     rng = np.random.default_rng(0)
     draw = lambda: [dict(zip(("accuracy", "balanced_accuracy", "auc", "loss"), rng.uniform(0.05, 1, 4)))
@@ -270,8 +270,9 @@ def test_cv_table_pairs_auc_and_loss_fold_by_fold_and_refuses_other_folds(tmp_pa
     table = _cv_table()
     table.main([str(tmp_path / "base.json"), str(tmp_path / "cand.json"), "--baseline", "base"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cand "))
-    auc_cell, loss_cell = row.strip("| ").split(" | ")[-2:]
-    for cell, key in ((auc_cell, "auc"), (loss_cell, "loss")):
+    cells = row.strip("| ").split(" | ")[-3:]
+    assert table.PAIRED == ("accuracy", "auc", "loss")
+    for cell, key in zip(cells, table.PAIRED):
         diff = [c[key] - b[key] for c, b in zip(cand, base)]
         mean, per_fold = cell.split(" (")
         assert float(mean) == pytest.approx(np.mean(diff), abs=1e-4)
