@@ -1,7 +1,10 @@
 """Fair comparison: K seeds of M models on D datasets, one recipe for all, one table.
 
 Every run is `medmamba train` with the same configuration (the defaults, or --config) and only the model
-and seed changed, so the architectures are compared under one recipe, by one code path. For each dataset
+and seed changed, so the architectures are compared under one recipe, by one code path. The defaults include
+each family's own (MedMamba adds TrivialAugmentWide, `augment.policy: auto`); --config
+benchmarks/defaults_without_policy.yaml gives every model the same augmentation, as the tables in BENCHMARKS
+that call their rows "the defaults" were trained (their records are checked against it). For each dataset
 and model the table gives mean +- sd over the seeds of the test metrics and training time; each model's
 seeds are then ensembled (probabilities averaged) and compared with the --reference model's ensemble on
 the same test images (paired bootstrap interval and p-value of the differences, DeLong's test of the AUCs

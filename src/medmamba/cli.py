@@ -109,7 +109,7 @@ def _pretrain(args) -> int:
     from .config import load_config
     from .training.pretrain import pretrain
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    cfg = load_config(RunDir(args.output).config if args.resume else args.config, overrides)
+    cfg = load_config(RunDir(args.output).config if args.resume else args.config, overrides, family_defaults=False)
     pretrain(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     return 0
 

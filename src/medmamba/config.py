@@ -154,9 +154,10 @@ SCHEMA: dict[str, Any] = {
         "brightness": number(AugmentConfig.brightness, "ColorJitter brightness", 0),
         "contrast": number(AugmentConfig.contrast, "ColorJitter contrast", 0),
         "erasing": number(AugmentConfig.erasing, "RandomErasing probability", 0, 1),
-        "policy": choice(AugmentConfig.policy, "an automatic augmentation policy after the steps above: "
-                         "trivialaugment (torchvision's TrivialAugmentWide) or randaugment (RandAugment); null: none",
-                         ("trivialaugment", "randaugment"), optional=True),
+        "policy": choice("auto", "an automatic augmentation policy after the steps above: trivialaugment "
+                         "(torchvision's TrivialAugmentWide) or randaugment (RandAugment); null: none; auto: the "
+                         "model family's (MedMamba: trivialaugment; timm models: none)",
+                         ("auto", "trivialaugment", "randaugment"), optional=True),
     },
     "epochs": integer(30, "training epochs"),
     "batch_size": integer(32, "training batch size (all processes together under torchrun)"),
@@ -246,6 +247,27 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+# Keys whose "auto" means the model family's own default (models.family_train_defaults), else the value below.
+FAMILY_KEYS = {"augment.policy": AugmentConfig.policy}
+
+
+def with_family_defaults(cfg: dict) -> dict:
+    """A copy of ``cfg`` with each FAMILY_KEYS key left at "auto" set to its model family's default, so that
+    a run's configuration records what it ran with. ``load_config`` applies it; a configuration built by
+    hand gets it when training starts."""
+    from .models import family_train_defaults
+    family = family_train_defaults(cfg["model"])
+    out = copy.deepcopy(cfg)
+    for key, fallback in FAMILY_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        if node[leaf] == "auto":
+            node[leaf] = family.get(key, fallback)
+    return out
+
+
 def _defaults(schema: dict) -> dict:
     return {k: _defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
 
@@ -307,8 +329,10 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
-    """The defaults, then the YAML file at ``path``, then ``overrides``; checked key by key."""
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), family_defaults: bool = True) -> dict:
+    """The defaults, then the YAML file at ``path``, then ``overrides``; checked key by key. With
+    ``family_defaults``, each key left at "auto" then takes the model family's value: the configuration
+    training runs (``medmamba pretrain`` reads without them: they are fine-tuning choices)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path:
         try:
@@ -318,7 +342,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a YAML mapping")
         cfg = _merge(cfg, data, SCHEMA)
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    return with_family_defaults(cfg) if family_defaults else cfg
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str] = ()) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from .tasks import is_multi_label
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .folders import ImageListDataset, csv_manifest_splits, image_folder_splits
 from .medmnist import MedMNIST, medmnist_info
 from .splits import SPLITS, kfold_indices
@@ -36,6 +36,10 @@ def config_transform(cfg: dict, channels: int, train: bool = False):
     """How a configuration reads its images for ``channels`` model inputs: size, normalisation (and with
     ``train``, its augmentation). Whatever reads images for a run's model goes through here."""
     d = cfg["data"]
+    if train and cfg["augment"]["policy"] == "auto":
+        # the data layer knows no model families; training resolves "auto" before it reads an image
+        raise ConfigError("augment.policy=auto names the model family's policy: resolve it first with "
+                          "medmamba.config.with_family_defaults(cfg), as training does")
     return build_transform(d["img_size"], channels, train, AugmentConfig(**cfg["augment"]), d["mean"], d["std"],
                            d["normalize"])
 

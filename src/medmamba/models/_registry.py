@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import sys
 from typing import Callable
 
 from ..errors import ModelError
@@ -22,6 +23,14 @@ def list_models(pattern: str = "*") -> list[str]:
 def is_known_model(name: str) -> bool:
     """A registered model, or ``timm/<name>`` with a name timm knows."""
     return is_timm_model(name) if name.startswith(TIMM_PREFIX) else name in _model_entrypoints
+
+
+def family_train_defaults(name: str) -> dict:
+    """The training settings a registered model's family chose for itself (its module's ``TRAIN_DEFAULTS``,
+    dotted config keys); timm models have none here, and take the package's."""
+    if name.startswith(TIMM_PREFIX) or name not in _model_entrypoints:
+        return {}
+    return dict(getattr(sys.modules[_model_entrypoints[name].__module__], "TRAIN_DEFAULTS", {}))
 
 
 def unknown_model_message(name: str) -> str:

@@ -430,6 +430,12 @@ def _cfg(**kwargs) -> dict:
 
 PRETRAINED_CFGS = {name: _cfg(architecture=name) for name in VARIANTS}
 
+# Training settings this family takes where the configuration leaves them at "auto" (config.FAMILY_KEYS):
+# chosen on 3-fold cross-validation over BreastMNIST and PneumoniaMNIST, never on a test split (BENCHMARKS,
+# "A default chosen on cross-validation"). MedMamba, without a CNN's built-in locality, needs more
+# augmentation than the package's plain flips on these small data sets.
+TRAIN_DEFAULTS = {"augment.policy": "trivialaugment"}
+
 
 def __getattr__(name: str):
     # timm's register_model reads the module's ``default_cfgs``; built on first use, as importing timm costs

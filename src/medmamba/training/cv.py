@@ -41,7 +41,7 @@ def cross_validate(cfg: dict, output: str | os.PathLike, overwrite: bool = False
             print(f"fold {fold + 1}/{folds}", flush=True)
         trainer = Trainer(fold_cfg, out.fold(fold).root, overwrite=overwrite, progress=progress)
         trainer.fit()
-        best = LoadedRun(trainer.best_model(), fold_cfg, trainer.model_card(), trainer.run.weights("best"),
+        best = LoadedRun(trainer.best_model(), trainer.cfg, trainer.model_card(), trainer.run.weights("best"),
                          trainer.data)
         val = evaluate(best, "val", n_resamples=0, write=False, device=trainer.device)
         metrics, labels, probs = val.metrics, val.outputs.labels, val.outputs.probs

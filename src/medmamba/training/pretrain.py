@@ -141,11 +141,15 @@ def plot_loss(rows: list[dict], path):
 def pretrain(cfg: dict, output: str | os.PathLike, resume: bool = False, overwrite: bool = False,
              progress: bool = True) -> dict:
     """Pretrain the configured MedMamba on unlabeled images into ``output``; returns the summary also written
-    to output/pretrain.json (epochs, final loss, seconds per epoch, the weight keys a classifier takes)."""
+    to output/pretrain.json (epochs, final loss, seconds per epoch, the weight keys a classifier takes).
+    ``cfg`` as ``load_config(..., family_defaults=False)`` reads it (the CLI does): the family's defaults are
+    fine-tuning choices, and an augmentation policy left at "auto" means none here."""
     from ..evaluation.runs import build_model
     from .trainer import check_output, epoch_bar, start_output, training_device
     run = RunDir(output)
     check_output(run, resume, overwrite)
+    if cfg["augment"]["policy"] == "auto":  # SimMIM was measured without a policy
+        cfg = {**cfg, "augment": {**cfg["augment"], "policy": None}}
     p = cfg["pretrain"]
     if cfg["data"]["img_size"] % p["mask_patch"]:
         raise DataError(f"data.img_size={cfg['data']['img_size']} is not a multiple of pretrain.mask_patch="

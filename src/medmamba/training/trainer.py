@@ -24,7 +24,7 @@ from ..artifacts.card import ModelCard, class_index, write_card
 from ..artifacts.checkpoint import (read_state_dict, restore_training_checkpoint, save_best_checkpoint,
                                     save_training_checkpoint)
 from ..artifacts.run_dir import RunDir
-from ..config import dump_config, load_config
+from ..config import dump_config, load_config, with_family_defaults
 from ..data.builder import build_data
 from ..errors import DataError, MedMambaError, TrainingError
 from ..evaluation.calibration import calibrate_card, nll, single_class_share
@@ -170,6 +170,7 @@ def training_device(cfg: dict, distributed_device: Optional[torch.device]) -> to
 class Trainer:
     def __init__(self, cfg: dict, output: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  callbacks: Sequence[Callable] = (), progress: bool = True):
+        cfg = with_family_defaults(cfg)  # a configuration built by hand: config.yaml names the policy run
         self.cfg, self.run, self.callbacks, self.progress = cfg, RunDir(output), list(callbacks), progress
         self.output = self.run.root
         self.rank, self.world, device = dist_utils.init_from_env()
