@@ -69,5 +69,6 @@ def main(argv=None):
             cells += [""] * len(PAIRED) if name == args.baseline else paired_cells(r, base)
         print("| " + " | ".join(cells) + " |")
 
+
 if __name__ == "__main__":
     main()
