@@ -201,7 +201,8 @@ def test_swa_keeps_the_average_of_the_last_epochs_with_batchnorm_recomputed(tmp_
 @pytest.mark.parametrize("override,allowed", [
     ("distill.alpha=1.5", "a number >= 0 and <= 1"), ("distill.temperature=0", "a number > 0"),
     ("distill.kind=medium", "one of soft, hard"), ("cutmix=-1", "a number >= 0"),
-    ("swa_epochs=0", "a whole number >= 1 or null"), ("augment.policy=autoaugment", "one of auto, trivialaugment, randaugment"),
+    ("swa_epochs=0", "a whole number >= 1 or null"),
+    ("augment.policy=autoaugment", "one of auto, trivialaugment, randaugment"),
     ("distill.teacher=[]", "null, a run folder, or a list of run folders")])
 def test_new_recipe_keys_name_what_they_allow(override, allowed):
     from medmamba.errors import ConfigError
@@ -301,8 +302,8 @@ def _cv_result(dataset, folds):
     keys = ("accuracy", "balanced_accuracy", "auc", "loss")
     return {"model": "medmamba_t", "dataset": dataset,
             "folds": [{"fold": i, "n_val": 100, **f} for i, f in enumerate(folds)],
-            "summary": {k: {"mean": float(np.mean([f[k] for f in folds])), "sd": float(np.std([f[k] for f in folds]))}
-                        for k in keys}}
+            "summary": {k: {"mean": float(np.mean([f[k] for f in folds])),
+                            "sd": float(np.std([f[k] for f in folds]))} for k in keys}}
 
 
 def test_cv_table_pairs_accuracy_auc_and_loss_fold_by_fold_and_refuses_other_folds(tmp_path, capsys):
