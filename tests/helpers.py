@@ -28,6 +28,15 @@ def tiny_cfg(*extra):
     return load_config(None, TINY + list(extra))
 
 
+def benchmark_script(name: str):
+    """benchmarks/<name>.py, a script rather than a package module, imported by its path."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_python(code: str, *args, env_extra=None, check=True):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env_extra or {})}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env,

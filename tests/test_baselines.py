@@ -11,19 +11,10 @@ from medmamba.cli import main
 from medmamba.data import MedMNIST
 from medmamba.training.trainer import train
 
-from .helpers import MEDMNIST, REPO, TINY, needs_medmnist, run_python, tiny_cfg
+from .helpers import MEDMNIST, REPO, TINY, benchmark_script, needs_medmnist, run_python, tiny_cfg
 
 
 pytestmark = needs_medmnist
-
-
-def _compare_models():
-    """benchmarks/compare_models.py, a script rather than a package module, imported by its path."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +88,7 @@ def test_temperature_is_applied_by_predict(resnet_run, tmp_path):
 
 
 def test_benchmark_table_of_seeds_models_and_paired_comparison(tmp_path, capsys):
-    bench = _compare_models()
+    bench = benchmark_script("compare_models")
     out = tmp_path / "cmp"
     overrides = [t for t in TINY if not t.startswith(("data.root", "model_args"))] + ["epochs=1", "bootstrap=0"]
     argv = ["--data-root", str(MEDMNIST), "--models", "timm/resnet18", "timm/resnet10t", "--seeds", "0", "1",
@@ -142,7 +133,7 @@ def test_benchmark_times_pool_only_within_one_host():
     """A benchmark spread over sessions lands on different machines: their training times get one figure
     per host, never one mean across them (which would read as a single machine's)."""
     import argparse
-    bench = _compare_models()
+    bench = benchmark_script("compare_models")
     rng = np.random.default_rng(0)
     labels = [0] * 10 + [1] * 10
 
@@ -167,7 +158,7 @@ def test_benchmark_invocation_of_a_few_rows_keeps_the_rest_of_the_table(tmp_path
     """A benchmark grown over sessions: one more seed of one row, asked alone, joins the table instead of
     replacing it; --new-table starts over; an earlier row that can no longer be checked (its recipe not given,
     its record of another configuration) stops the benchmark before it writes anything."""
-    bench = _compare_models()
+    bench = benchmark_script("compare_models")
     rng = np.random.default_rng(1)
     labels = [0] * 12 + [1] * 12
     results = tmp_path / "results"
@@ -227,7 +218,7 @@ def test_benchmark_recipes_as_rows_records_of_another_benchmark_and_no_mixed_rec
     """MODEL@RECIPE trains with the recipe's overrides as a row of its own; --also takes rows from another
     benchmark's records without training; a record trained with another configuration than asked stops the
     benchmark instead of joining a row."""
-    bench = _compare_models()
+    bench = benchmark_script("compare_models")
     overrides = [t for t in TINY if not t.startswith(("data.root", "model_args"))] + ["epochs=1", "bootstrap=0"]
     common = ["--data-root", str(MEDMNIST), "--seeds", "0", "--reference", "timm/resnet10t", "--bootstrap", "50"]
     plain = tmp_path / "plain"
@@ -268,7 +259,7 @@ def test_the_committed_recipes_parse_into_valid_configurations(monkeypatch):
     import argparse
 
     from medmamba.config import load_config
-    bench = _compare_models()
+    bench = benchmark_script("compare_models")
     files = sorted((REPO / "benchmarks").glob("recipes*.yaml"))
     assert files
     for var in ("SSL_RUN", "TRANSFER_ROOT"):

@@ -10,7 +10,7 @@ import torch
 from medmamba.training.distill import Teacher, distillation_loss
 from medmamba.training.loss import TrainingLoss
 
-from .helpers import TINY, needs_medmnist, run_python, tiny_cfg
+from .helpers import TINY, benchmark_script, needs_medmnist, run_python, tiny_cfg
 
 
 def test_soft_and_hard_terms_by_hand():
@@ -287,17 +287,6 @@ def test_a_cross_validation_teacher_gives_each_fold_its_own_run(tmp_path):
     assert fold_teachers(tiny_cfg(), 0) is None
 
 
-def _cv_table():
-    """benchmarks/cv_table.py, a script rather than a package module, imported by its path."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_table.py"
-    spec = importlib.util.spec_from_file_location("cv_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cv_result(dataset, folds):
     keys = ("accuracy", "balanced_accuracy", "auc", "loss")
     return {"model": "medmamba_t", "dataset": dataset,
@@ -314,7 +303,7 @@ def test_cv_table_pairs_accuracy_auc_and_loss_fold_by_fold_and_refuses_other_fol
     base, cand = draw(), draw()
     (tmp_path / "base.json").write_text(json.dumps(_cv_result("pneumoniamnist", base)))
     (tmp_path / "cand.json").write_text(json.dumps(_cv_result("pneumoniamnist", cand)))
-    table = _cv_table()
+    table = benchmark_script("cv_table")
     table.main([str(tmp_path / "base.json"), str(tmp_path / "cand.json"), "--baseline", "base"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cand "))
     cells = row.strip("| ").split(" | ")[-3:]
