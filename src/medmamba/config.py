@@ -251,18 +251,23 @@ SCHEMA: dict[str, Any] = {
 FAMILY_KEYS = {"augment.policy": AugmentConfig.policy}
 
 
-def with_family_defaults(cfg: dict) -> dict:
-    """A copy of ``cfg`` with each FAMILY_KEYS key left at "auto" set to its model family's default, so that
-    a run's configuration records what it ran with. ``load_config`` applies it; a configuration built by
-    hand gets it when training starts."""
+def _holder(tree: dict, key: str) -> tuple[dict, str]:
+    """(the mapping that holds a dotted key's last part, that part)."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree[part]
+    return tree, leaf
+
+
+def with_family_defaults(cfg: dict, model_family: bool = True) -> dict:
+    """A copy of ``cfg`` with each FAMILY_KEYS key left at "auto" set to its model family's default (with
+    ``model_family`` false, to the package's own, as pretraining wants), so that a run's configuration records
+    what it ran with. ``load_config`` applies it; a configuration built by hand gets it when training starts."""
     from .models import family_train_defaults
-    family = family_train_defaults(cfg["model"])
+    family = family_train_defaults(cfg["model"]) if model_family else {}
     out = copy.deepcopy(cfg)
     for key, fallback in FAMILY_KEYS.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node[part]
+        node, leaf = _holder(out, key)
         if node[leaf] == "auto":
             node[leaf] = family.get(key, fallback)
     return out
@@ -278,10 +283,8 @@ DEFAULTS: dict[str, Any] = _defaults(SCHEMA)
 def default(key: str):
     """The schema's default of a dotted key, e.g. ``default("data.img_size")``: the one source of a default
     that other parts (the model card, the CLI) also need."""
-    node = SCHEMA
-    for part in key.split("."):
-        node = node[part]
-    return copy.deepcopy(node.default)
+    node, leaf = _holder(SCHEMA, key)
+    return copy.deepcopy(node[leaf].default)
 
 
 def _merge(base: dict, update: dict, schema: dict, where: str = "") -> dict:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..amp import autocast
 from ..artifacts.checkpoint import restore_training_checkpoint, save_training_checkpoint, save_weights
 from ..artifacts.run_dir import RunDir
+from ..config import with_family_defaults
 from ..errors import DataError, ModelError
 from ..files import atomic_write_text
 from .optim import build_optimisation
@@ -143,13 +144,12 @@ def pretrain(cfg: dict, output: str | os.PathLike, resume: bool = False, overwri
     """Pretrain the configured MedMamba on unlabeled images into ``output``; returns the summary also written
     to output/pretrain.json (epochs, final loss, seconds per epoch, the weight keys a classifier takes).
     ``cfg`` as ``load_config(..., family_defaults=False)`` reads it (the CLI does): the family's defaults are
-    fine-tuning choices, and an augmentation policy left at "auto" means none here."""
+    fine-tuning choices, and a key left at "auto" takes the package's own value here."""
     from ..evaluation.runs import build_model
     from .trainer import check_output, epoch_bar, start_output, training_device
     run = RunDir(output)
     check_output(run, resume, overwrite)
-    if cfg["augment"]["policy"] == "auto":  # SimMIM was measured without a policy
-        cfg = {**cfg, "augment": {**cfg["augment"], "policy": None}}
+    cfg = with_family_defaults(cfg, model_family=False)  # SimMIM was measured without MedMamba's policy
     p = cfg["pretrain"]
     if cfg["data"]["img_size"] % p["mask_patch"]:
         raise DataError(f"data.img_size={cfg['data']['img_size']} is not a multiple of pretrain.mask_patch="
